@@ -1,0 +1,172 @@
+"""Accounts, API keys and quota overrides in the database (used by the CLI and the server)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from meshgate.accounts.keys import new_key
+from meshgate.store.tables import accounts, api_keys, quota_overrides, quota_usage
+
+
+class AccountError(ValueError):
+    """A request the CLI or an admin made that cannot be done; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: int
+    name: str
+    is_admin: bool
+    disabled: bool
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    account_id: int
+    name: str
+    secret_hash: str
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
+
+
+class AccountStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- accounts
+    def create_account(self, name: str, *, is_admin: bool = False) -> Account:
+        name = name.strip()
+        if not name:
+            raise AccountError("account name must not be empty")
+        if self.find_account(name) is not None:
+            raise AccountError(f"account {name!r} already exists")
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                insert(accounts).values(name=name, is_admin=is_admin, disabled=False, created_at=time.time())
+            )
+            account_id = result.inserted_primary_key[0]  # type: ignore[index]
+        account = self.get_account(account_id)
+        assert account is not None
+        return account
+
+    def find_account(self, name: str) -> Account | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(accounts).where(accounts.c.name == name)).first()
+        return _account(row) if row else None
+
+    def get_account(self, account_id: int) -> Account | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(accounts).where(accounts.c.id == account_id)).first()
+        return _account(row) if row else None
+
+    def require_account(self, name: str) -> Account:
+        account = self.find_account(name)
+        if account is None:
+            raise AccountError(f"no account named {name!r} (create it with `meshgate accounts create {name}`)")
+        return account
+
+    def list_accounts(self) -> list[Account]:
+        with self.engine.connect() as conn:
+            return [_account(r) for r in conn.execute(select(accounts).order_by(accounts.c.id))]
+
+    # -- API keys
+    def create_key(self, account_id: int, name: str = "") -> tuple[ApiKey, str]:
+        """Returns the stored key and its secret, which exists nowhere else afterwards."""
+        key_id, secret, secret_hash = new_key()
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(api_keys).values(
+                    id=key_id, account_id=account_id, name=name, secret_hash=secret_hash, created_at=now
+                )
+            )
+        return ApiKey(key_id, account_id, name, secret_hash, now, None, None), secret
+
+    def get_key(self, key_id: str) -> ApiKey | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
+        return _key(row) if row else None
+
+    def list_keys(self, account_id: int) -> list[ApiKey]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(api_keys).where(api_keys.c.account_id == account_id).order_by(api_keys.c.created_at)
+            )
+            return [_key(r) for r in rows]
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(api_keys)
+                .where(and_(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)))
+                .values(revoked_at=time.time())
+            )
+        key = self.get_key(key_id)
+        if key is None:
+            raise AccountError(f"no API key with id {key_id!r}")
+        if result.rowcount == 0 and key.revoked_at is None:  # pragma: no cover - race with another writer
+            raise AccountError(f"could not revoke {key_id!r}")
+        return key
+
+    def keys_revoked_since(self, since: float) -> list[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(api_keys.c.id).where(api_keys.c.revoked_at >= since))
+            return [r[0] for r in rows]
+
+    def touch_keys(self, last_used: dict[str, float]) -> None:
+        if not last_used:
+            return
+        with self.engine.begin() as conn:
+            for key_id, at in last_used.items():
+                conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=at))
+
+    # -- quota overrides
+    def set_quota(self, account_id: int, model: str, bucket: str, tokens: int) -> None:
+        if tokens < 0:
+            raise AccountError("tokens must be >= 0")
+        values = dict(account_id=account_id, model=model, bucket=bucket, tokens=tokens, updated_at=time.time())
+        dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        stmt = dialect_insert(quota_overrides).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["account_id", "model", "bucket"],
+            set_={"tokens": tokens, "updated_at": values["updated_at"]},
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def quota_overrides(self) -> dict[tuple[int, str, str], int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(quota_overrides))
+            return {(r.account_id, r.model, r.bucket): r.tokens for r in rows}
+
+    def overrides_version(self) -> tuple[int, float]:
+        """Changes whenever an override is set: lets the server reload them only when needed."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(func.count(), func.max(quota_overrides.c.updated_at))).one()
+        return int(row[0]), float(row[1] or 0.0)
+
+    def usage_rows(self, account_id: int, day: str) -> dict[tuple[str, str], int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(quota_usage.c.model, quota_usage.c.bucket, quota_usage.c.used).where(
+                    and_(quota_usage.c.account_id == account_id, quota_usage.c.day == day)
+                )
+            )
+            return {(r.model, r.bucket): int(r.used) for r in rows}
+
+
+def _account(row: object) -> Account:
+    return Account(row.id, row.name, bool(row.is_admin), bool(row.disabled), row.created_at)  # type: ignore[attr-defined]
+
+
+def _key(row: object) -> ApiKey:
+    r = row
+    return ApiKey(r.id, r.account_id, r.name, r.secret_hash, r.created_at, r.last_used_at, r.revoked_at)  # type: ignore[attr-defined]

@@ -1,0 +1,136 @@
+"""`meshgate` command line: serve, accounts, keys, quota, usage, models."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from meshgate.accounts.service import AccountError, AccountStore
+from meshgate.catalog.loader import CatalogError
+from meshgate.config import Settings, load_settings
+from meshgate.store.engine import migrate, sync_engine
+
+
+def _store(settings: Settings) -> AccountStore:
+    migrate(settings.database_url)
+    return AccountStore(sync_engine(settings.database_url))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshgate", description="Self-hosted OpenAI-compatible LLM API platform.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway (with no --config: the local default models)")
+    serve.add_argument("--config", help="catalog TOML file ([[models]] tables)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1, env MESHGATE_HOST)")
+    serve.add_argument("--port", type=int, help="port (default 8000, env MESHGATE_PORT)")
+
+    accounts = sub.add_parser("accounts", help="manage accounts").add_subparsers(dest="action", required=True)
+    create = accounts.add_parser("create", help="create an account")
+    create.add_argument("name")
+    create.add_argument("--admin", action="store_true", help="make the account an administrator")
+    accounts.add_parser("list", help="list accounts")
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    key_create = keys.add_parser("create", help="create a key; its secret is printed once, on the last line")
+    key_create.add_argument("--account", required=True)
+    key_create.add_argument("--name", default="", help="a label for the key")
+    key_list = keys.add_parser("list", help="list an account's keys")
+    key_list.add_argument("--account", required=True)
+    key_revoke = keys.add_parser("revoke", help="revoke a key (takes effect within seconds)")
+    key_revoke.add_argument("key_id")
+
+    quota = sub.add_parser("quota", help="per-account quota overrides").add_subparsers(dest="action", required=True)
+    quota_set = quota.add_parser("set", help="override the catalog's daily quota for one account")
+    quota_set.add_argument("--account", required=True)
+    quota_set.add_argument("--model", required=True)
+    quota_set.add_argument("--bucket", required=True, choices=["api", "chat", "embeddings"])
+    quota_set.add_argument("--tokens", required=True, type=int)
+
+    usage = sub.add_parser("usage", help="an account's token usage for a UTC day")
+    usage.add_argument("--account", required=True)
+    usage.add_argument("--day", help="YYYY-MM-DD (default: today, UTC)")
+
+    models = sub.add_parser("models", help="the model catalog").add_subparsers(dest="action", required=True)
+    models_list = models.add_parser("list", help="list the models of a catalog")
+    models_list.add_argument("--config", help="catalog TOML file (default: the local default models)")
+    pull = models.add_parser("pull", help="download a GGUF from the Hugging Face hub: REPO/FILE")
+    pull.add_argument("ref", help="e.g. bartowski/Qwen2.5-0.5B-Instruct-GGUF/Qwen2.5-0.5B-Instruct-Q4_K_M.gguf")
+    pull.add_argument("--dest", help="folder (default: $MESHGATE_HOME/models)")
+    preset = models.add_parser("preset", help="print a built-in catalog as TOML")
+    preset.add_argument("name", choices=["io-intelligence", "local"])
+    preset.add_argument("--upstream", default="http://127.0.0.1:8001/v1", help="upstream URL for every model")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = load_settings()
+    try:
+        return _dispatch(args, settings)
+    except (AccountError, CatalogError) as exc:
+        print(f"meshgate: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "serve":
+        from meshgate.cli.serve import serve
+
+        return serve(settings, config=args.config, host=args.host, port=args.port)
+    if args.command == "models":
+        from meshgate.cli import models
+
+        return models.run(args, settings)
+    store = _store(settings)
+    if args.command == "accounts":
+        if args.action == "create":
+            account = store.create_account(args.name, is_admin=args.admin)
+            print(f"created account {account.name} (id {account.id})")
+        else:
+            for account in store.list_accounts():
+                flags = " admin" if account.is_admin else ""
+                flags += " disabled" if account.disabled else ""
+                print(f"{account.id}\t{account.name}{flags}")
+        return 0
+    if args.command == "keys":
+        return _keys(args, store)
+    if args.command == "quota":
+        account = store.require_account(args.account)
+        store.set_quota(account.id, args.model, args.bucket, args.tokens)
+        print(f"{account.name}: {args.model} {args.bucket} = {args.tokens} tokens per day")
+        return 0
+    if args.command == "usage":
+        from meshgate.cli.usage import print_usage
+
+        return print_usage(store, store.require_account(args.account), args.day)
+    raise AssertionError(args.command)
+
+
+def _keys(args: argparse.Namespace, store: AccountStore) -> int:
+    if args.action == "create":
+        account = store.require_account(args.account)
+        key, secret = store.create_key(account.id, args.name)
+        print(f"created key {key.id} for {account.name}; the secret is shown this once:")
+        print(secret)
+    elif args.action == "list":
+        account = store.require_account(args.account)
+        print("id\tname\tcreated\tlast used\tstatus")
+        for key in store.list_keys(account.id):
+            status = "revoked" if key.revoked_at else "active"
+            print(f"{key.id}\t{key.name}\t{_when(key.created_at)}\t{_when(key.last_used_at)}\t{status}")
+    else:
+        key = store.revoke_key(args.key_id)
+        print(f"revoked key {key.id}")
+    return 0
+
+
+def _when(epoch: float | None) -> str:
+    import time
+
+    return "-" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Settings from the environment (`MESHGATE_*`) with defaults for a laptop."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    home: Path
+    database_url: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 8 * 1024 * 1024
+    auth_refresh_seconds: float = 1.0  # how often revocations and quota overrides are picked up
+    upstream_connect_timeout: float = 5.0
+    upstream_response_timeout: float = 600.0
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        prefix = "sqlite:///"
+        if self.database_url.startswith(prefix):
+            return Path(self.database_url[len(prefix) :])
+        return None
+
+
+def load_settings(**overrides: object) -> Settings:
+    env = os.environ
+    home = Path(env.get("MESHGATE_HOME", Path.home() / ".meshgate")).expanduser()
+    database_url = env.get("MESHGATE_DATABASE_URL") or f"sqlite:///{home / 'meshgate.db'}"
+    values: dict[str, object] = {
+        "home": home,
+        "database_url": database_url,
+        "host": env.get("MESHGATE_HOST", "127.0.0.1"),
+        "port": int(env.get("MESHGATE_PORT", "8000")),
+        "max_body_bytes": int(env.get("MESHGATE_MAX_BODY_BYTES", str(8 * 1024 * 1024))),
+        "auth_refresh_seconds": float(env.get("MESHGATE_AUTH_REFRESH_SECONDS", "1.0")),
+        "upstream_connect_timeout": float(env.get("MESHGATE_UPSTREAM_CONNECT_TIMEOUT", "5")),
+        "upstream_response_timeout": float(env.get("MESHGATE_UPSTREAM_RESPONSE_TIMEOUT", "600")),
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)  # type: ignore[arg-type]

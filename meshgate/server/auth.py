@@ -1,0 +1,97 @@
+"""API key authentication with a cache: no database round trip per request.
+
+Keys are cached by id after the first lookup; every presented key is still hashed and
+compared in constant time. Revocations reach the cache through a refresher that asks
+the database once a second for keys revoked since its last look, so a revoked key
+stops working within about a second on every gateway sharing the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from meshgate.accounts.keys import key_id_of, matches
+from meshgate.accounts.service import AccountStore
+from meshgate.protocol.errors import ApiError, invalid_api_key
+from meshgate.server.http import Scope, header
+
+log = logging.getLogger("meshgate.auth")
+
+_NEGATIVE_TTL = 2.0  # unknown key ids are not looked up again for this long
+_MAX_NEGATIVE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    account_id: int
+    key_id: str | None  # None for web sessions
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedKey:
+    secret_hash: str
+    principal: Principal
+
+
+class KeyAuthenticator:
+    def __init__(self, store: AccountStore) -> None:
+        self._store = store
+        self._keys: dict[str, _CachedKey] = {}
+        self._unknown: dict[str, float] = {}
+        self._last_used: dict[str, float] = {}
+        self._revoked_checked_at = time.time()
+
+    async def authenticate(self, scope: Scope) -> Principal:
+        raw = header(scope, b"authorization")
+        if raw is None:
+            raise ApiError(
+                401,
+                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
+                code="invalid_api_key",
+            )
+        scheme, _, token = raw.partition(b" ")
+        if scheme.lower() != b"bearer" or not token:
+            raise invalid_api_key("The Authorization header must be 'Bearer YOUR_KEY'.")
+        secret = token.strip().decode("latin-1")
+        key_id = key_id_of(secret)
+        if key_id is None:
+            raise invalid_api_key()
+        cached = self._keys.get(key_id)
+        if cached is None:
+            cached = await self._load(key_id)
+        if not matches(secret, cached.secret_hash):
+            raise invalid_api_key()
+        self._last_used[key_id] = time.time()
+        return cached.principal
+
+    async def _load(self, key_id: str) -> _CachedKey:
+        now = time.monotonic()
+        if self._unknown.get(key_id, 0.0) > now:
+            raise invalid_api_key()
+        key = await asyncio.to_thread(self._store.get_key, key_id)
+        account = await asyncio.to_thread(self._store.get_account, key.account_id) if key else None
+        if key is None or key.revoked_at is not None or account is None or account.disabled:
+            if len(self._unknown) >= _MAX_NEGATIVE:
+                self._unknown.clear()
+            self._unknown[key_id] = now + _NEGATIVE_TTL
+            raise invalid_api_key()
+        cached = _CachedKey(key.secret_hash, Principal(key.account_id, key.id))
+        self._keys[key_id] = cached
+        return cached
+
+    def forget(self, key_ids: list[str]) -> None:
+        for key_id in key_ids:
+            self._keys.pop(key_id, None)
+
+    async def refresh(self) -> None:
+        """Drop revoked keys from the cache and write last-use times (called about once a second)."""
+        since = self._revoked_checked_at - 5.0  # overlap: a revocation committed during the last look
+        self._revoked_checked_at = time.time()
+        revoked = await asyncio.to_thread(self._store.keys_revoked_since, since)
+        self.forget(revoked)
+        if self._last_used:
+            last_used, self._last_used = self._last_used, {}
+            await asyncio.to_thread(self._store.touch_keys, last_used)

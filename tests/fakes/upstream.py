@@ -1,0 +1,248 @@
+"""A fake OpenAI-compatible engine for tests: stands in for a GPU server (vLLM-shaped answers).
+
+Each request may carry a `mock` object (the gateway passes unknown fields through) to
+steer it: {"delay_ms": per-token delay, "status": answer with this error status,
+"hang": never answer, "drop_after": close the connection after N stream events,
+"no_usage": leave usage out}. The answer is the words of `REPLY`, one token each,
+cut at max_tokens. Prompt tokens are the words of all messages plus 4 per message.
+`GET /mock/stats` tells what the engine saw, including streams cancelled by the client.
+
+Run: python -m tests.fakes.upstream --port N [--name NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import struct
+import time
+from typing import Any
+
+import orjson
+import uvicorn
+
+REPLY = [
+    "This",
+    "is",
+    "a",
+    "test",
+    "of",
+    "the",
+    "meshgate",
+    "gateway",
+    ",",
+    "counting",
+    "one",
+    "token",
+    "per",
+    "word",
+    "until",
+    "the",
+    "end",
+]
+EMBED_DIM = 8
+
+
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    total = 0
+    for message in messages:
+        content = message.get("content") or ""
+        text = content if isinstance(content, str) else " ".join(str(p.get("text", "")) for p in content)
+        total += len(text.split()) + 4
+    return total
+
+
+def embed(text: str) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    return [(b - 128) / 128 for b in digest[:EMBED_DIM]]
+
+
+class FakeEngine:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stats: dict[str, Any] = {
+            "requests": 0,
+            "completed": 0,
+            "cancelled": 0,
+            "in_flight": 0,
+            "max_in_flight": 0,
+            "last_body": None,
+            "bodies": [],
+        }
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if method == "GET" and path == "/mock/stats":
+            return await self._json(send, 200, {k: v for k, v in self.stats.items() if k != "bodies"})
+        if method == "GET" and path in ("/health", "/v1/models"):
+            return await self._json(send, 200, {"object": "list", "data": [{"id": self.name, "object": "model"}]})
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        request = orjson.loads(body)
+        self.stats["requests"] += 1
+        self.stats["last_body"] = request
+        self.stats["bodies"] = ([*self.stats["bodies"], request])[-50:]
+        self.stats["in_flight"] += 1
+        self.stats["max_in_flight"] = max(self.stats["max_in_flight"], self.stats["in_flight"])
+        try:
+            mock = request.get("mock") or {}
+            if mock.get("hang"):
+                await asyncio.sleep(3600)
+            if "status" in mock:
+                error = {"error": {"message": f"mock failure {mock['status']}", "type": "mock", "code": None}}
+                return await self._json(send, int(mock["status"]), error)
+            if path == "/v1/chat/completions":
+                if request.get("stream"):
+                    return await self._stream(request, mock, receive, send)
+                return await self._chat(request, mock, send)
+            if path == "/v1/embeddings":
+                return await self._embeddings(request, send)
+            await self._json(send, 404, {"error": {"message": "not found", "type": "not_found"}})
+        finally:
+            self.stats["in_flight"] -= 1
+
+    def _tokens(self, request: dict[str, Any]) -> list[str]:
+        limit = request.get("max_tokens") or request.get("max_completion_tokens") or len(REPLY)
+        return REPLY[: min(limit, len(REPLY))]
+
+    async def _chat(self, request: dict[str, Any], mock: dict[str, Any], send: Any) -> None:
+        tokens = self._tokens(request)
+        await asyncio.sleep(mock.get("delay_ms", 0) * len(tokens) / 1000)
+        prompt = prompt_tokens(request["messages"])
+        n = request.get("n") or 1
+        answer: dict[str, Any] = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request["model"],
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": " ".join(tokens)},
+                    "logprobs": None,
+                    "finish_reason": "length" if len(tokens) < len(REPLY) else "stop",
+                    "stop_reason": None,
+                }
+                for i in range(n)
+            ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": len(tokens) * n,
+                "total_tokens": prompt + len(tokens) * n,
+                "prompt_tokens_details": None,
+            },
+            "prompt_logprobs": None,
+        }
+        if mock.get("no_usage"):
+            del answer["usage"]
+        self.stats["completed"] += 1
+        await self._json(send, 200, answer)
+
+    async def _stream(self, request: dict[str, Any], mock: dict[str, Any], receive: Any, send: Any) -> None:
+        tokens = self._tokens(request)
+        prompt = prompt_tokens(request["messages"])
+        options = request.get("stream_options") or {}
+        continuous = bool(options.get("continuous_usage_stats"))
+        gone = asyncio.ensure_future(receive())  # http.disconnect when the client hangs up
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+
+        def chunk(delta: dict[str, Any], finish: str | None, generated: int) -> bytes:
+            payload: dict[str, Any] = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": request["model"],
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+            if continuous:
+                payload["usage"] = {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": generated,
+                    "total_tokens": prompt + generated,
+                }
+            return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+        events = [chunk({"role": "assistant", "content": ""}, None, 0)]
+        await send({"type": "http.response.body", "body": events[0], "more_body": True})
+        delay = mock.get("delay_ms", 0) / 1000
+        for i, token in enumerate(tokens):
+            if delay:
+                await asyncio.sleep(delay)
+            if gone.done():
+                self.stats["cancelled"] += 1
+                return
+            if mock.get("drop_after") is not None and i >= mock["drop_after"]:
+                raise RuntimeError("mock: dropping the connection mid-stream")
+            text = token if i == 0 else " " + token
+            await send({"type": "http.response.body", "body": chunk({"content": text}, None, i + 1), "more_body": True})
+        finish = "length" if len(tokens) < len(REPLY) else "stop"
+        await send({"type": "http.response.body", "body": chunk({}, finish, len(tokens)), "more_body": True})
+        if options.get("include_usage") and not mock.get("no_usage"):
+            usage = {"prompt_tokens": prompt, "completion_tokens": len(tokens), "total_tokens": prompt + len(tokens)}
+            final = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": request["model"],
+                "choices": [],
+                "usage": usage,
+            }
+            await send(
+                {"type": "http.response.body", "body": b"data: " + orjson.dumps(final) + b"\n\n", "more_body": True}
+            )
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        gone.cancel()
+        self.stats["completed"] += 1
+
+    async def _embeddings(self, request: dict[str, Any], send: Any) -> None:
+        inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
+        data = []
+        total = 0
+        for i, text in enumerate(inputs):
+            text = text if isinstance(text, str) else " ".join(map(str, text))
+            total += len(text.split()) + 2
+            vector = embed(text)
+            value: Any = vector
+            if request.get("encoding_format") == "base64":
+                value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        self.stats["completed"] += 1
+        await self._json(
+            send,
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": request["model"],
+                "usage": {"prompt_tokens": total, "total_tokens": total},
+            },
+        )
+
+    @staticmethod
+    async def _json(send: Any, status: int, payload: Any) -> None:
+        await send(
+            {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
+        )
+        await send({"type": "http.response.body", "body": orjson.dumps(payload)})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", default="fake-model")
+    args = parser.parse_args()
+    uvicorn.run(
+        FakeEngine(args.name), host="127.0.0.1", port=args.port, log_level="warning", loop="uvloop", http="httptools"
+    )
+
+
+if __name__ == "__main__":
+    main()
