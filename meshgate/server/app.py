@@ -78,6 +78,10 @@ class Gateway:
         self.on_startup: list[Callable[[], Awaitable[None]]] = []
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
 
+    def keep_task(self, task: asyncio.Task[None]) -> None:
+        """A background task that lives until shutdown (and is cancelled then)."""
+        self._background.append(task)
+
     def route_for(self, model: str, kind: str) -> ModelRoute:
         route = api.lookup(self.routes, model)
         api.check_kind(route, kind)

@@ -336,7 +336,14 @@ class HttpClient:
                 if conn._got_bytes:
                     raise
         conn = await pool.connect(self.connect_timeout)
-        return await conn.send(head, body, self.response_timeout)
+        try:
+            return await conn.send(head, body, self.response_timeout)
+        except UpstreamClosed as exc:
+            if conn._got_bytes:
+                raise
+            # Accepted, then closed without a byte: an engine dying or restarting. Nothing was
+            # answered, so the request may go to another replica, like a refused connection.
+            raise UpstreamConnectError(f"upstream {origin.host}:{origin.port} closed the connection unanswered") from exc
 
     async def aclose(self) -> None:
         for pool in self._pools.values():

