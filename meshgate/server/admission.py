@@ -80,7 +80,16 @@ class Admitter:
         prompt_tokens: int,
         prompt_exact: bool,
         max_tokens: int | None,
+        choices: int = 1,
     ) -> Admission:
+        """Reserve what the request can cost at most: the prompt once, `choices` completions.
+
+        `prompt_tokens` is exact or an upper bound. With `max_tokens` given the engine is sent
+        it unchanged: its own context check keeps prompt + completion within the context, so
+        usage stays within min(prompt + choices * max_tokens, choices * context). Without it,
+        the request gets what is left of the context and of the quota, and the engine is told
+        that cap (`Admission.max_tokens`).
+        """
         limit = self.limit_for(account_id, spec, bucket)
         context = spec.context_length
         if max_tokens is not None and (
@@ -96,19 +105,18 @@ class Admitter:
                 f"This model's maximum context length is {context} tokens. However, your messages resulted in "
                 f"{prompt_tokens} tokens. Please reduce the length of the messages."
             )
-        # A bound may exceed the context where the real count does not; the upstream can never
-        # process more than the context in total, so that is all a request needs to hold.
-        prompt_estimate = min(prompt_tokens, context - 1)
         if max_tokens is not None:
-            minimum = maximum = min(prompt_estimate + max_tokens, context)
+            minimum = maximum = min(prompt_tokens + choices * max_tokens, choices * context)
         else:
-            minimum, maximum = prompt_estimate + 1, context
+            room = max(context - prompt_tokens, 1)  # completion room per choice, as far as the gateway knows
+            minimum, maximum = prompt_tokens + choices, prompt_tokens + choices * room
         key = WindowKey(account_id, spec.id, bucket, utc_day())
         grant = await self.ledger.reserve(request_id, key, limit, minimum, maximum, api_key_id)
         if grant.reservation is None:
             raise self._quota_error(key, limit, grant.remaining, minimum)
-        granted_completion = grant.amount - prompt_estimate
-        return Admission(grant.reservation, prompt_estimate, max(granted_completion, 1))
+        if max_tokens is None:
+            max_tokens = max((grant.amount - prompt_tokens) // choices, 1)
+        return Admission(grant.reservation, prompt_tokens, max_tokens)
 
     async def admit_tokens(
         self, request_id: str, account_id: int, api_key_id: str | None, spec: ModelSpec, bucket: str, tokens: int

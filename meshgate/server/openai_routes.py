@@ -73,9 +73,10 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
         chat_prompt_bound(request.body),
         False,
         request.max_tokens,
+        request.n,
     )
     body = request.body
-    # The upstream may generate what was reserved and no more; every engine knows `max_tokens`.
+    # The engine may generate what was reserved and no more; every engine knows `max_tokens`.
     body.pop("max_completion_tokens", None)
     body["max_tokens"] = admission.max_tokens
     if request.stream:

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import LiveGateway
+from tests.conftest import FakeUpstream, LiveGateway
 
 LLAMA = "meta-llama/Llama-3.3-70B-Instruct"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -217,3 +217,17 @@ def test_revoked_key_stops_working_within_5_seconds(gateway: LiveGateway) -> Non
         assert time.monotonic() - revoked_at < 5, "revoked key still accepted after 5 s"
         time.sleep(0.05)
     assert "revoked" in gateway.cli("keys", "list", "--account", name).stdout
+
+
+def test_n_choices_reserve_n_completions(gateway: LiveGateway, fake_upstream: FakeUpstream) -> None:
+    name, key = gateway.new_account()
+    gateway.set_quota(name, key, LLAMA, "api", 200)
+    client = gateway.client(key)
+    # the prompt bound (86) plus 2 x 60 completion tokens does not fit in 200; 1 x 60 does
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model=LLAMA, messages=MESSAGES, max_tokens=60, n=2)
+    assert client.chat.completions.create(model=LLAMA, messages=MESSAGES, max_tokens=60).usage.total_tokens == 22  # type: ignore[union-attr]
+    # without max_tokens, each of the choices may use an equal share of what is left: (178 - 86) // 2
+    client.chat.completions.create(model=LLAMA, messages=MESSAGES, n=2)
+    sent = fake_upstream.stats()["last_body"]
+    assert isinstance(sent, dict) and sent["max_tokens"] == 46 and sent["n"] == 2
