@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 import struct
 
 import httpx
@@ -156,3 +157,23 @@ def test_usage_endpoint_shape(gateway: LiveGateway, account: tuple[str, str]) ->
         "limit": 500000,
         "remaining": 500000,
     }
+
+
+def test_key_last_use_is_recorded(gateway: LiveGateway) -> None:
+    name, key = gateway.new_account()
+    key_id = key.split("-")[1]
+
+    def last_used() -> str:
+        row = next(
+            line
+            for line in gateway.cli("keys", "list", "--account", name).stdout.splitlines()
+            if line.startswith(key_id)
+        )
+        return row.split("\t")[3]
+
+    assert last_used() == "-"
+    gateway.client(key).models.list()
+    deadline = time.monotonic() + 5
+    while last_used() == "-":
+        assert time.monotonic() < deadline, "last use was not recorded"
+        time.sleep(0.1)
