@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Re-install when the dependency list changes.
 DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: all deps serve test lint check-services bench bench-local clean
+.PHONY: all deps serve test lint bench bench-quick bench-soak bench-local wrk clean
 
 all: test
 
@@ -34,10 +34,19 @@ lint: deps
 test: deps lint
 	$(BIN)/pytest -q
 
-# The gateway-overhead benchmark (issue 6): meshgate vs LiteLLM vs direct, one run.
-bench: deps
-	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+# The gateway-overhead benchmark: meshgate vs LiteLLM vs direct in one run (~15 min),
+# a quick meshgate-only run, and the 1,000-stream RSS check with a 10-minute soak.
+bench: deps wrk
 	$(BIN)/python bench/overhead.py
+
+bench-quick: deps wrk
+	$(BIN)/python bench/overhead.py --no-litellm --quick
+
+bench-soak: deps wrk
+	$(BIN)/python bench/overhead.py soak --seconds 600
+
+wrk:
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 
 bench-local: deps
 	$(BIN)/python bench/local_engines.py

@@ -50,6 +50,8 @@ def run_server(app: Gateway, host: str, port: int) -> None:
         log_level="warning",
         timeout_keep_alive=75,
         backlog=4096,
+        proxy_headers=False,  # a middleware layer per request; the gateway does not use client addresses
+        server_header=False,
     )
 
 

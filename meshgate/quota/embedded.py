@@ -3,14 +3,17 @@
 Windows live in a dict touched only from the event loop thread, so check-and-reserve
 is atomic without locks and costs about a microsecond. Each settlement is committed to
 SQLite (WAL, synchronous=NORMAL: no fsync, but a `kill -9` of the gateway loses no
-committed row) before the response that carries its usage leaves the gateway. The
-commit runs inline: it takes ~10–20 µs, less than handing it to a thread would. A
-reservation lives only in memory, so a crash simply releases it: on restart a
+committed row) before the response that carries its usage leaves the gateway:
+`settle` counts the usage in memory at once and returns only after the COMMIT. The
+settlements of one event-loop tick share one transaction (group commit, run inline
+from a `call_soon` callback): under load one COMMIT (~40 µs of syscalls) serves many
+requests instead of one each. A reservation lives only in memory, so a crash simply releases it: on restart a
 window's `used` is read back from what was settled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -25,6 +28,31 @@ class _Window:
     reserved: int
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A settlement counted in memory, waiting for the tick's commit."""
+
+    reservation: Reservation
+    prompt_tokens: int
+    completion_tokens: int
+    charged: int
+    outcome: str
+    created_at: float
+    window: _Window
+    waiter: asyncio.Future[int]
+
+
+_INSERT_EVENT = (
+    "INSERT OR IGNORE INTO usage_events (request_id, account_id, api_key_id, model, bucket, day,"
+    " prompt_tokens, completion_tokens, total_tokens, outcome, created_at)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+_UPSERT_USAGE = (
+    "INSERT INTO quota_usage (account_id, model, bucket, day, used) VALUES (?,?,?,?,?)"
+    " ON CONFLICT (account_id, model, bucket, day) DO UPDATE SET used = used + excluded.used"
+)
+
+
 class EmbeddedLedger:
     def __init__(self, sqlite_path: Path) -> None:
         self._db = sqlite3.connect(sqlite_path, isolation_level=None, check_same_thread=False)
@@ -33,6 +61,8 @@ class EmbeddedLedger:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._windows: dict[WindowKey, _Window] = {}
         self._open: dict[str, Reservation] = {}
+        self._pending: list[_Pending] = []
+        self._flush_scheduled = False
 
     def _window_of(self, key: WindowKey) -> _Window:
         window = self._windows.get(key)
@@ -75,45 +105,87 @@ class EmbeddedLedger:
         charged = min(max(prompt_tokens, 0) + max(completion_tokens, 0), reservation.amount)
         if charged == 0 and outcome != "ok":
             return 0
+        # Counted at once, so a reservation made before the commit already sees it (never overspends).
+        window.used += charged
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._pending.append(
+            _Pending(reservation, prompt_tokens, completion_tokens, charged, outcome, time.time(), window, waiter)
+        )
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await waiter  # resolved only after COMMIT: the caller may then report the usage
+
+    def _flush(self) -> None:
+        """Commit every settlement made during this event-loop tick in one transaction (group commit)."""
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            inserted = self._commit(batch)
+        except BaseException as exc:
+            for item in batch:
+                item.window.used -= item.charged
+                if not item.waiter.done():
+                    item.waiter.set_exception(exc)
+            return
+        for item, ok in zip(batch, inserted, strict=True):
+            charged = item.charged
+            if not ok:  # the request id was already in the history (settled by an earlier process)
+                item.window.used -= charged
+                charged = 0
+            if not item.waiter.done():
+                item.waiter.set_result(charged)
+
+    def _commit(self, batch: list[_Pending]) -> list[bool]:
         db = self._db
+        rows = [
+            (
+                item.reservation.request_id,
+                item.reservation.key.account_id,
+                item.reservation.api_key_id,
+                item.reservation.key.model,
+                item.reservation.key.bucket,
+                item.reservation.key.day,
+                item.prompt_tokens,
+                item.completion_tokens,
+                item.charged,
+                item.outcome,
+                item.created_at,
+            )
+            for item in batch
+        ]
         db.execute("BEGIN IMMEDIATE")
         try:
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO usage_events (request_id, account_id, api_key_id, model, bucket, day,"
-                " prompt_tokens, completion_tokens, total_tokens, outcome, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    reservation.request_id,
-                    key.account_id,
-                    reservation.api_key_id,
-                    key.model,
-                    key.bucket,
-                    key.day,
-                    prompt_tokens,
-                    completion_tokens,
-                    charged,
-                    outcome,
-                    time.time(),
-                ),
-            )
-            if cursor.rowcount == 1:
-                db.execute(
-                    "INSERT INTO quota_usage (account_id, model, bucket, day, used) VALUES (?,?,?,?,?)"
-                    " ON CONFLICT (account_id, model, bucket, day) DO UPDATE SET used = used + excluded.used",
-                    (key.account_id, key.model, key.bucket, key.day, charged),
+            cursor = db.executemany(_INSERT_EVENT, rows)
+            if cursor.rowcount == len(rows):
+                inserted = [True] * len(rows)
+            else:  # some ids were already there: find out which, one by one
+                db.execute("ROLLBACK")
+                db.execute("BEGIN IMMEDIATE")
+                inserted = [db.execute(_INSERT_EVENT, row).rowcount == 1 for row in rows]
+            totals: dict[WindowKey, int] = {}
+            for item, ok in zip(batch, inserted, strict=True):
+                if ok:
+                    key = item.reservation.key
+                    totals[key] = totals.get(key, 0) + item.charged
+            if totals:
+                db.executemany(
+                    _UPSERT_USAGE, [(k.account_id, k.model, k.bucket, k.day, used) for k, used in totals.items()]
                 )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        if cursor.rowcount == 0:
-            return 0
-        window.used += charged
-        return charged
+        return inserted
 
     async def window(self, key: WindowKey) -> WindowUsage:
         window = self._window_of(key)
         return WindowUsage(window.used, window.reserved)
 
     async def close(self) -> None:
+        if self._pending:
+            self._flush()
         self._db.close()

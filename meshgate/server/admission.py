@@ -22,6 +22,20 @@ class Admission:
     max_tokens: int | None  # completion tokens the upstream may generate (None for embeddings)
 
 
+_day_cache: tuple[int, str] = (-1, "")
+
+
+def today() -> str:
+    """`utc_day()`, worked out once per UTC day instead of per request."""
+    global _day_cache
+    day_number = int(time.time() // 86400)
+    cached_number, day = _day_cache
+    if cached_number != day_number:
+        day = utc_day(dt.datetime.fromtimestamp(day_number * 86400, dt.UTC))
+        _day_cache = (day_number, day)
+    return day
+
+
 def format_duration(seconds: float) -> str:
     """`x-ratelimit-reset-tokens` as OpenAI writes it: 1h2m3s, 4m0s, 12s."""
     seconds = max(int(seconds + 0.999), 0)
@@ -110,7 +124,7 @@ class Admitter:
         else:
             room = max(context - prompt_tokens, 1)  # completion room per choice, as far as the gateway knows
             minimum, maximum = prompt_tokens + choices, prompt_tokens + choices * room
-        key = WindowKey(account_id, spec.id, bucket, utc_day())
+        key = WindowKey(account_id, spec.id, bucket, today())
         grant = await self.ledger.reserve(request_id, key, limit, minimum, maximum, api_key_id)
         if grant.reservation is None:
             raise self._quota_error(key, limit, grant.remaining, minimum)
@@ -123,7 +137,7 @@ class Admitter:
     ) -> Admission:
         """Admission for requests with no completion (embeddings): reserve the input's tokens."""
         limit = self.limit_for(account_id, spec, bucket)
-        key = WindowKey(account_id, spec.id, bucket, utc_day())
+        key = WindowKey(account_id, spec.id, bucket, today())
         grant = await self.ledger.reserve(request_id, key, limit, tokens, tokens, api_key_id)
         if grant.reservation is None:
             raise self._quota_error(key, limit, grant.remaining, tokens)

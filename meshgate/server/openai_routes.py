@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -15,8 +16,8 @@ from meshgate.protocol.errors import ApiError, invalid_request, model_not_found,
 from meshgate.protocol.models import model_card
 from meshgate.protocol.requests import parse_chat, parse_embeddings
 from meshgate.protocol.sse import DONE, event
-from meshgate.quota.ledger import Reservation, WindowKey, utc_day
-from meshgate.server.admission import Admission
+from meshgate.quota.ledger import Reservation, WindowKey
+from meshgate.server.admission import Admission, today
 from meshgate.server.http import (
     JSON_HEADERS,
     SSE_HEADERS,
@@ -36,8 +37,48 @@ if TYPE_CHECKING:
     from meshgate.server.app import Gateway, ModelRoute
 
 
+_random_bits = random.SystemRandom(os.urandom(32)).getrandbits
+_ids = random.Random(_random_bits(256))  # seeded from the OS once; no getrandom() syscall per request
+
+
 def new_request_id(prefix: str) -> str:
-    return prefix + os.urandom(12).hex()
+    """96 random bits, as hex (request ids need to be unique, not secret)."""
+    return f"{prefix}{_ids.getrandbits(96):024x}"
+
+
+# A client that hangs up aborts the upstream request, so the engine stops generating. Watching
+# for the hang-up costs a task per request, so it starts only once a request has run this long:
+# fast answers never pay for it, and a hang-up is still acted on within this delay.
+HANG_UP_WATCH_DELAY = 0.02
+
+
+class HangUpWatch:
+    __slots__ = ("_receive", "_response", "_task", "_timer")
+
+    def __init__(self, receive: Receive, response: UpstreamResponse, delay: float) -> None:
+        self._receive = receive
+        self._response = response
+        self._task: asyncio.Future[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(delay, self._arm)
+
+    def _arm(self) -> None:
+        self._timer = None
+        self._task = task = asyncio.ensure_future(self._receive())
+        task.add_done_callback(self._gone)
+
+    def _gone(self, _: object) -> None:
+        self._response.close()
+
+    def done(self) -> bool:
+        """Whether the client has hung up (as far as has been watched)."""
+        return self._task is not None and self._task.done()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None:
+            self._task.cancel()
 
 
 # ---------------------------------------------------------------- models
@@ -144,9 +185,7 @@ async def relay_to_upstream(
     except BaseException as exc:
         await gw.ledger.settle(reservation, 0, 0, "upstream_error")
         raise _as_api_error(exc) from None
-    # A client that hangs up aborts the upstream request: the engine stops generating.
-    watcher = asyncio.ensure_future(receive())
-    watcher.add_done_callback(lambda _: response.close())
+    watcher = HangUpWatch(receive, response, HANG_UP_WATCH_DELAY)
     try:
         if response.status != 200:
             failure = map_upstream_failure(response.status, await read_error_body(response))
@@ -170,7 +209,7 @@ async def _relay_json(
     replica: Replica,
     public_model: str,
     send: Send,
-    watcher: asyncio.Future[Any],
+    watcher: HangUpWatch,
 ) -> None:
     reservation = admission.reservation
     usage = Usage()
@@ -197,7 +236,7 @@ async def _relay_stream(
     response: UpstreamResponse,
     relay: StreamRelay,
     send: Send,
-    watcher: asyncio.Future[Any],
+    watcher: HangUpWatch,
 ) -> None:
     reservation = admission.reservation
     headers = SSE_HEADERS + gw.admitter.rate_headers(
@@ -255,7 +294,7 @@ def _as_api_error(exc: BaseException) -> BaseException:
 
 async def usage_today(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
     principal = await gw.auth.authenticate(scope)
-    day = utc_day()
+    day = today()
     reset = gw.admitter.reset_epoch(day)
     rows = []
     for route in gw.routes.values():

@@ -114,7 +114,10 @@ class StreamRelay:
     def feed(self, chunk: bytes) -> bytes:
         out = []
         for ev in self._splitter.feed(chunk):
-            payload = data_of(ev)
+            if ev.startswith(b"data: ") and ev.find(b"\n") == len(ev) - 2:
+                payload = ev[6:-2].lstrip(b" ")  # the usual one-line event, as data_of() would read it
+            else:
+                payload = data_of(ev)
             if payload is None:
                 continue  # comments and keep-alives carry nothing for the client
             if payload == DONE:
@@ -149,9 +152,11 @@ class StreamRelay:
 
 def _carries_text(payload: bytes) -> bool:
     """Whether an event carries generated output (the role-only first chunk does not)."""
-    if not any(marker in payload for marker in _CONTENT_MARKERS):
+    c0, c1, c2, c3 = _CONTENT_MARKERS
+    if not (c0 in payload or c1 in payload or c2 in payload or c3 in payload):
         return False
-    return not any(empty in payload for empty in _EMPTY_CONTENT)
+    e0, e1 = _EMPTY_CONTENT
+    return not (e0 in payload or e1 in payload)
 
 
 async def read_error_body(response: UpstreamResponse, limit: int = 65536) -> bytes:

@@ -88,14 +88,18 @@ class UpstreamResponse:
 
     # -- used by the caller
     async def next_chunk(self, timeout: float) -> bytes | None:
-        """The next piece of the body as it arrived, or None at its end."""
+        """The body received since the last call (waiting for some if there is none), or None at its end."""
         while not self._chunks:
             if self._done:
                 if self._error is not None:
                     raise self._error
                 return None
             await self._conn.wait(self, timeout)
-        data = self._chunks.popleft()
+        chunks = self._chunks
+        # Everything that has arrived goes on at once: a chunked body comes in one piece per
+        # chunk (an SSE event each), and one write per piece would cost a syscall per event.
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
         self._conn.consumed(len(data))
         return data
 
@@ -343,7 +347,9 @@ class HttpClient:
                 raise
             # Accepted, then closed without a byte: an engine dying or restarting. Nothing was
             # answered, so the request may go to another replica, like a refused connection.
-            raise UpstreamConnectError(f"upstream {origin.host}:{origin.port} closed the connection unanswered") from exc
+            raise UpstreamConnectError(
+                f"upstream {origin.host}:{origin.port} closed the connection unanswered"
+            ) from exc
 
     async def aclose(self) -> None:
         for pool in self._pools.values():
