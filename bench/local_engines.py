@@ -25,6 +25,7 @@ from meshgate.engines.launch import engine_command, health_path
 from meshgate.workers.local import LocalWorker, free_port
 
 PROMPT = "Write a short story about a lighthouse keeper and a storm."
+TEMPERATURE = 0.7
 TEXT = "The quick brown fox jumps over the lazy dog near the quiet river bank."
 
 
@@ -42,6 +43,15 @@ class Target:
 
 async def one_stream(client: httpx.AsyncClient, t: Target, max_tokens: int) -> tuple[int, float, float]:
     """(completion tokens, seconds to first token, total seconds) of one streamed completion."""
+    try:
+        return await _one_stream(client, t, max_tokens)
+    except httpx.RemoteProtocolError:
+        # cpp-httplib sometimes drops a reused keep-alive connection before answering (~1 in 500);
+        # nothing was generated, so retrying once is safe.
+        return await _one_stream(client, t, max_tokens)
+
+
+async def _one_stream(client: httpx.AsyncClient, t: Target, max_tokens: int) -> tuple[int, float, float]:
     body = {
         "model": t.chat_model,
         "messages": [{"role": "user", "content": PROMPT}],
@@ -49,7 +59,7 @@ async def one_stream(client: httpx.AsyncClient, t: Target, max_tokens: int) -> t
         "stream": True,
         "stream_options": {"include_usage": True},
         "ignore_eos": True,  # llama.cpp extension: every stream generates exactly max_tokens
-        "temperature": 0.7,
+        "temperature": TEMPERATURE,
     }
     start = time.perf_counter()
     first = 0.0
@@ -106,8 +116,10 @@ async def local_workers(args: argparse.Namespace) -> AsyncIterator[tuple[str, st
     """Start the two builtin workers unless URLs were given; yield their base URLs."""
     workers = []
     urls = [args.chat_url, args.embed_url]
-    specs = [(LocalSpec("llama.cpp", "builtin:smollm2"), args.chat_model, 8192),
-             (LocalSpec("sentence-transformers", "builtin:all-minilm-l6-v2"), args.embed_model, 256)]
+    specs = [
+        (LocalSpec("llama.cpp", "builtin:smollm2"), args.chat_model, 8192),
+        (LocalSpec("sentence-transformers", "builtin:all-minilm-l6-v2"), args.embed_model, 256),
+    ]
     for i, (spec, name, ctx) in enumerate(specs):
         if urls[i]:
             continue

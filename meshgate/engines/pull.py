@@ -37,8 +37,9 @@ def hub_base_url(default: str = DEFAULT_BASE_URL) -> str:
 class Progress:
     """A one-line progress bar on stderr, redrawn at most ~10 times a second."""
 
-    def __init__(self, name: str, total: int | None, done: int, stream: TextIO = sys.stderr) -> None:
-        self.name, self.total, self.done, self.stream = name, total, done, stream
+    def __init__(self, name: str, total: int | None, done: int, stream: TextIO | None = None) -> None:
+        self.name, self.total, self.done = name, total, done
+        self.stream = stream or sys.stderr
         self.start_done, self.started, self.drawn = done, time.monotonic(), 0.0
 
     def advance(self, n: int) -> None:

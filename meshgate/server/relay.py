@@ -114,10 +114,7 @@ class StreamRelay:
     def feed(self, chunk: bytes) -> bytes:
         out = []
         for ev in self._splitter.feed(chunk):
-            if ev.startswith(b"data: ") and ev.find(b"\n") == len(ev) - 2:
-                payload = ev[6:-2].lstrip(b" ")  # the usual one-line event, as data_of() would read it
-            else:
-                payload = data_of(ev)
+            payload = data_of(ev)
             if payload is None:
                 continue  # comments and keep-alives carry nothing for the client
             if payload == DONE:

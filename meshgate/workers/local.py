@@ -61,6 +61,7 @@ class LocalWorker:
         env: dict[str, str] | None = None,
         on_state: Callable[[bool], None] | None = None,
         health_interval: float = 1.0,
+        health_timeout: float = 3.0,
         load_timeout: float = 300.0,
         unhealthy_restart_after: float = 30.0,
         max_backoff: float = 30.0,
@@ -73,6 +74,7 @@ class LocalWorker:
         self.env = env or {}
         self.on_state = on_state
         self.health_interval = health_interval
+        self.health_timeout = health_timeout
         self.load_timeout = load_timeout
         self.unhealthy_restart_after = unhealthy_restart_after
         self.max_backoff = max_backoff
@@ -82,6 +84,8 @@ class LocalWorker:
         self._ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._spawned_at = 0.0
         self._output: deque[str] = deque(maxlen=40)  # last lines, shown when the worker dies
 
     @property
@@ -149,7 +153,8 @@ class LocalWorker:
             start_new_session=True,  # own process group: stop() reaches any grandchildren too
         )
         self._spawned_at = time.monotonic()
-        asyncio.get_running_loop().create_task(self._pump(self._proc))
+        # Keep a reference: the loop only holds tasks weakly.
+        self._pump_task = asyncio.get_running_loop().create_task(self._pump(self._proc))
 
     async def _pump(self, proc: asyncio.subprocess.Process) -> None:
         # Keep reading so a chatty worker never blocks on a full pipe; keep the tail for crash reports.
@@ -160,7 +165,7 @@ class LocalWorker:
             log.debug("[%s] %s", self.name, line)
 
     async def _supervise(self) -> None:
-        backoff = 1.0
+        backoff = 0.5  # doubled before use: the first restart of a failing worker waits 1 s
         while not self._stopping.is_set():
             proc = self._proc
             assert proc is not None
@@ -183,7 +188,10 @@ class LocalWorker:
             if self._stopping.is_set():
                 return
             self.restarts += 1
-            await self._spawn()
+            try:
+                await self._spawn()
+            except OSError as err:  # e.g. the interpreter vanished; the old, exited proc makes us retry
+                log.error("cannot start %s: %s", self.name, err)
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> bool:
         """Health-check `proc` until it exits; True if it had been healthy for a while (no crash loop)."""
@@ -196,7 +204,7 @@ class LocalWorker:
                 done, _ = await asyncio.wait({exited}, timeout=self.health_interval)
                 if done:
                     return healthy_since is not None and time.monotonic() - healthy_since > 30.0
-                ok = await probe_http("127.0.0.1", self.port, self.health_path, timeout=3.0)
+                ok = await probe_http("127.0.0.1", self.port, self.health_path, timeout=self.health_timeout)
                 now = time.monotonic()
                 if ok:
                     if not became_ready:
