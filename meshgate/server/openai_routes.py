@@ -104,6 +104,9 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
     principal = await gw.auth.authenticate(scope)
     request = parse_chat(parse_json(await read_body(scope, receive, gw.settings.max_body_bytes)))
     route = gw.route_for(request.model, "chat")
+    if request.n > 1 and route.spec.local is not None and route.spec.local.engine == "llama.cpp":
+        # llama.cpp's server reports the usage of one choice only: `n` would be under-charged.
+        raise invalid_request("this model's local llama.cpp engine supports only n = 1", param="n")
     request_id = new_request_id("chatcmpl-")
     admission = await gw.admitter.admit_chat(
         request_id,

@@ -163,3 +163,12 @@ def test_python_snippet_from_the_banner_runs(local: tuple[LiveGateway, str]) -> 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
     assert httpx.get(live.base_url.replace("/api/v1", "/health")).status_code == 200
+
+
+def test_n_above_one_is_refused_for_the_local_engine(local: tuple[LiveGateway, str]) -> None:
+    live, key = local
+    with pytest.raises(openai.BadRequestError) as info:
+        live.client(key).chat.completions.create(
+            model=CHAT, messages=[{"role": "user", "content": "hi"}], max_tokens=2, n=2
+        )
+    assert info.value.param == "n"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import time
 import struct
+import time
 
 import httpx
 import openai
