@@ -130,7 +130,10 @@ def run_peer(a: argparse.Namespace, extra: list[str]) -> int:
         args += ["--note", f"meshgate {git_rev()} (auth + quota reservation + SQLite settlement + usage history on)"]
         args += extra
         log("$ " + shlex.join(args))
-        proc = subprocess.Popen(args, cwd=shared.parent)
+        # The harness keeps its venvs and results under BENCH_STATE: ours, not the shared folder.
+        state = REPO / "bench" / ".state"
+        state.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(args, cwd=shared.parent, env={**os.environ, "BENCH_STATE": str(state)})
         try:
             return proc.wait()
         except KeyboardInterrupt:

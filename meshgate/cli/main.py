@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     pull = models.add_parser("pull", help="download a GGUF from the Hugging Face hub: REPO/FILE")
     pull.add_argument("ref", help="e.g. bartowski/Qwen2.5-0.5B-Instruct-GGUF/Qwen2.5-0.5B-Instruct-Q4_K_M.gguf")
     pull.add_argument("--dest", help="folder (default: $MESHGATE_HOME/models)")
+    pull.add_argument("--quiet", action="store_true", help="no progress bar")
     preset = models.add_parser("preset", help="print a built-in catalog as TOML")
     preset.add_argument("name", choices=["io-intelligence", "local"])
     preset.add_argument("--upstream", default="http://127.0.0.1:8001/v1", help="upstream URL for every model")

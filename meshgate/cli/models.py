@@ -24,10 +24,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.write(catalog_toml(specs))
         return 0
     if args.action == "pull":
-        from meshgate.engines.pull import pull
+        from meshgate.engines.pull import main_pull
 
         dest = Path(args.dest) if args.dest else settings.home / "models"
-        path = pull(args.ref, dest)
-        print(path)
-        return 0
+        return main_pull([args.ref, "--dest", str(dest), *(["--quiet"] if args.quiet else [])])
     raise AssertionError(args.action)

@@ -145,7 +145,7 @@ def main_pull(args: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="meshgate models pull")
     parser.add_argument("repo_file", metavar="REPO/FILE", help="e.g. HuggingFaceTB/SmolLM2-360M-Instruct-GGUF/x.gguf")
-    parser.add_argument("--dest", type=Path, default=default_models_dir(), help="models folder")
+    parser.add_argument("--dest", type=Path, required=True, help="models folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     ns = parser.parse_args(args)
     try:
@@ -155,9 +155,3 @@ def main_pull(args: list[str]) -> int:
         return 1
     print(path)
     return 0
-
-
-def default_models_dir() -> Path:
-    """$MESHGATE_MODELS_DIR, else ~/.cache/meshgate/models."""
-    env = os.environ.get("MESHGATE_MODELS_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "meshgate" / "models"

@@ -204,21 +204,23 @@ class _Connection(asyncio.Protocol):
         self.transport.write(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
             self.transport.write(body)
-        timer = self._loop.call_later(timeout, _expire, waiter, "upstream sent no response headers in time")
         try:
-            await waiter
-        except BaseException:
-            self._abort()
-            raise
+            await self._await(waiter, timeout, "upstream sent no response headers in time")
         finally:
-            timer.cancel()
             self._headers_waiter = None
         return response
 
     async def wait(self, response: UpstreamResponse, timeout: float) -> None:
         waiter = self._loop.create_future()
         response._waiter = waiter
-        timer = self._loop.call_later(timeout, _expire, waiter, "upstream stalled mid-response")
+        try:
+            await self._await(waiter, timeout, "upstream stalled mid-response")
+        finally:
+            response._waiter = None
+
+    async def _await(self, waiter: asyncio.Future[None], timeout: float, message: str) -> None:
+        """Wait for `waiter`; a timeout or a cancellation aborts the connection (the engine sees it)."""
+        timer = self._loop.call_later(timeout, _expire, waiter, message)
         try:
             await waiter
         except BaseException:
@@ -226,7 +228,6 @@ class _Connection(asyncio.Protocol):
             raise
         finally:
             timer.cancel()
-            response._waiter = None
 
     def consumed(self, size: int) -> None:
         self._buffered -= size

@@ -15,10 +15,9 @@ from meshgate.catalog.loader import parse_catalog
 
 @pytest.fixture
 def run(tmp_path: Path):  # type: ignore[no-untyped-def]
-    env = {**os.environ, "MESHGATE_HOME": str(tmp_path / "home")}
-    env.pop("MESHGATE_DATABASE_URL", None)
-
     def meshgate(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "MESHGATE_HOME": str(tmp_path / "home")}
+        env.pop("MESHGATE_DATABASE_URL", None)
         result = subprocess.run(
             [sys.executable, "-m", "meshgate.cli.main", *args], env=env, capture_output=True, text=True
         )
@@ -58,3 +57,24 @@ def test_presets_print_loadable_catalogs(run) -> None:  # type: ignore[no-untype
     specs = parse_catalog(tomllib.loads(text))
     assert len(specs) == 17 and all(s.upstreams[0].url == "http://10.1.2.3:8000/v1" for s in specs)
     assert "SmolLM2" in run("models", "list").stdout
+
+
+def test_models_pull_from_a_local_hub(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "hub" / "org" / "repo" / "resolve" / "main"
+    served.mkdir(parents=True)
+    (served / "tiny.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "hub"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MESHGATE_HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        result = run("models", "pull", "org/repo/tiny.gguf", "--dest", str(tmp_path / "models"), "--quiet")
+        path = Path(result.stdout.strip().splitlines()[-1])
+        assert path.read_bytes() == (served / "tiny.gguf").read_bytes()
+        assert "not found" in run("models", "pull", "org/repo/missing.gguf", "--dest", str(tmp_path), code=1).stderr
+    finally:
+        server.shutdown()
