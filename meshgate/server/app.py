@@ -26,6 +26,7 @@ from meshgate.server.http import ClientGone, Receive, Scope, Send, send_error, s
 from meshgate.store.engine import sync_engine
 from meshgate.workers.http_client import HttpClient
 from meshgate.workers.pool import Replica, ReplicaSet
+from meshgate.workers.prompt_count import PromptCounter
 
 log = logging.getLogger("meshgate.server")
 
@@ -37,6 +38,7 @@ API_PREFIXES = ("/api/v1", "/v1")  # /api/v1 as IO Intelligence; /v1 for tools t
 class ModelRoute:
     spec: ModelSpec
     replicas: ReplicaSet
+    prompt_counter: PromptCounter | None = None  # exact prompt tokens, where an engine can count them
 
 
 def _routes_table() -> dict[tuple[str, str], Handler]:

@@ -114,8 +114,7 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
         principal.key_id,
         route.spec,
         "api",
-        chat_prompt_bound(request.body),
-        False,
+        *await _prompt_tokens(route, request.body),
         request.max_tokens,
         request.n,
     )
@@ -135,6 +134,15 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
         client_continuous = False
     relay = StreamRelay(request.include_usage, route.spec.id, client_continuous) if request.stream else None
     await relay_to_upstream(gw, route, admission, b"/chat/completions", body, receive, send, relay)
+
+
+async def _prompt_tokens(route: ModelRoute, body: dict[str, Any]) -> tuple[int, bool]:
+    """(prompt tokens, exact?): the engine's own count where it offers one, else an upper bound."""
+    if route.prompt_counter is not None:
+        counted = await route.prompt_counter.count(body)
+        if counted is not None:
+            return counted, True
+    return chat_prompt_bound(body), False
 
 
 # ---------------------------------------------------------------- embeddings

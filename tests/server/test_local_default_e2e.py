@@ -172,3 +172,24 @@ def test_n_above_one_is_refused_for_the_local_engine(local: tuple[LiveGateway, s
             model=CHAT, messages=[{"role": "user", "content": "hi"}], max_tokens=2, n=2
         )
     assert info.value.param == "n"
+
+
+def test_admission_counts_the_prompt_with_the_models_own_tokenizer(local: tuple[LiveGateway, str]) -> None:
+    live, key = local
+    client = live.client(key)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = client.chat.completions.create(model=CHAT, messages=messages, max_tokens=1).usage.prompt_tokens  # type: ignore[arg-type, union-attr]
+    # one token past the context, by the model's own count: refused before any work
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=CHAT, messages=messages, max_tokens=8192 - prompt + 1)  # type: ignore[arg-type]
+    assert info.value.code == "context_length_exceeded" and f"{prompt} in the messages" in info.value.message
+    # a quota with room for exactly prompt + 3 tokens admits max_tokens=3 (a byte bound would not)
+    used = live.window(key, CHAT)["used"]
+    live.set_quota("local", key, CHAT, "api", used + prompt + 3)
+    try:
+        completion = client.chat.completions.create(model=CHAT, messages=messages, max_tokens=3)  # type: ignore[arg-type]
+        assert completion.usage is not None and completion.usage.prompt_tokens == prompt
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model=CHAT, messages=messages, max_tokens=3)  # type: ignore[arg-type]
+    finally:
+        live.set_quota("local", key, CHAT, "api", 500_000)
