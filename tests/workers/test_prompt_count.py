@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from meshgate.catalog.spec import UpstreamSpec
 from meshgate.workers.http_client import HttpClient
-from meshgate.workers.prompt_count import LlamaCppPromptCounter
 from meshgate.workers.pool import Replica
+from meshgate.workers.prompt_count import LlamaCppPromptCounter
 from tests.conftest import FakeUpstream, free_port
 
 BODY = {"messages": [{"role": "user", "content": "hi"}]}
