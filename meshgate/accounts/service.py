@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -116,10 +116,24 @@ class AccountStore:
             raise AccountError(f"could not revoke {key_id!r}")
         return key
 
-    def keys_revoked_since(self, since: float) -> list[str]:
+    def keys_to_refuse(self, revoked_since: float) -> list[str]:
+        """Keys revoked since then, and every key of a disabled account: what a cache must drop."""
+        disabled = select(accounts.c.id).where(accounts.c.disabled.is_(True))
         with self.engine.connect() as conn:
-            rows = conn.execute(select(api_keys.c.id).where(api_keys.c.revoked_at >= since))
+            rows = conn.execute(
+                select(api_keys.c.id).where(
+                    or_(api_keys.c.revoked_at >= revoked_since, api_keys.c.account_id.in_(disabled))
+                )
+            )
             return [r[0] for r in rows]
+
+    def set_disabled(self, name: str, disabled: bool) -> Account:
+        account = self.require_account(name)
+        with self.engine.begin() as conn:
+            conn.execute(update(accounts).where(accounts.c.id == account.id).values(disabled=disabled))
+        updated = self.get_account(account.id)
+        assert updated is not None
+        return updated
 
     def touch_keys(self, last_used: dict[str, float]) -> None:
         if not last_used:

@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--admin", action="store_true", help="make the account an administrator")
     accounts.add_parser("list", help="list accounts")
+    for action, text in (("disable", "refuse the account's keys (within seconds)"), ("enable", "accept them again")):
+        accounts.add_parser(action, help=text).add_argument("name")
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     key_create = keys.add_parser("create", help="create a key; its secret is printed once, on the last line")
@@ -89,6 +91,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         if args.action == "create":
             account = store.create_account(args.name, is_admin=args.admin)
             print(f"created account {account.name} (id {account.id})")
+        elif args.action in ("disable", "enable"):
+            account = store.set_disabled(args.name, args.action == "disable")
+            print(f"account {account.name} {args.action}d")
         else:
             for account in store.list_accounts():
                 flags = " admin" if account.is_admin else ""

@@ -87,11 +87,13 @@ class KeyAuthenticator:
             self._keys.pop(key_id, None)
 
     async def refresh(self) -> None:
-        """Drop revoked keys from the cache and write last-use times (called about once a second)."""
+        """Drop revoked keys and disabled accounts' keys from the cache, write last-use times.
+
+        Called about once a second.
+        """
         since = self._revoked_checked_at - 5.0  # overlap: a revocation committed during the last look
         self._revoked_checked_at = time.time()
-        revoked = await asyncio.to_thread(self._store.keys_revoked_since, since)
-        self.forget(revoked)
+        self.forget(await asyncio.to_thread(self._store.keys_to_refuse, since))
         if self._last_used:
             last_used, self._last_used = self._last_used, {}
             await asyncio.to_thread(self._store.touch_keys, last_used)

@@ -37,10 +37,11 @@ def test_keys_are_stored_hashed_and_revocable(store: AccountStore, tmp_path: Pat
     key, secret = store.create_key(account.id, "laptop")
     assert secret not in (tmp_path / "db.sqlite").read_bytes().decode("latin-1")  # never in clear
     assert [k.id for k in store.list_keys(account.id)] == [key.id]
-    assert store.keys_revoked_since(0) == []
+    assert store.keys_to_refuse(0) == []
     revoked = store.revoke_key(key.id)
     assert revoked.revoked_at is not None
-    assert store.keys_revoked_since(revoked.revoked_at - 1) == [key.id]
+    assert store.keys_to_refuse(revoked.revoked_at - 1) == [key.id]
+    assert store.keys_to_refuse(revoked.revoked_at + 1) == []
     with pytest.raises(AccountError):
         store.revoke_key("nope")
 
@@ -64,3 +65,12 @@ def test_quota_overrides_upsert(store: AccountStore) -> None:
     assert store.overrides_version() != before
     with pytest.raises(AccountError):
         store.set_quota(account.id, "m", "api", -1)
+
+
+def test_disabled_accounts_keys_are_refused(store: AccountStore) -> None:
+    account = store.create_account("erin")
+    key, _ = store.create_key(account.id)
+    assert store.set_disabled("erin", True).disabled
+    assert store.keys_to_refuse(1e12) == [key.id]  # whatever the time: while the account is disabled
+    assert not store.set_disabled("erin", False).disabled
+    assert store.keys_to_refuse(1e12) == []

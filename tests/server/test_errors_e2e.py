@@ -231,3 +231,27 @@ def test_n_choices_reserve_n_completions(gateway: LiveGateway, fake_upstream: Fa
     client.chat.completions.create(model=LLAMA, messages=MESSAGES, n=2)
     sent = fake_upstream.stats()["last_body"]
     assert isinstance(sent, dict) and sent["max_tokens"] == 46 and sent["n"] == 2
+
+
+def test_disabled_account_is_refused_within_5_seconds(gateway: LiveGateway) -> None:
+    name, key = gateway.new_account()
+    client = gateway.client(key)
+    client.models.list()
+    gateway.cli("accounts", "disable", name)
+    disabled_at = time.monotonic()
+    while True:
+        try:
+            client.models.list()
+        except openai.AuthenticationError:
+            break
+        assert time.monotonic() - disabled_at < 5, "a disabled account's key still works after 5 s"
+        time.sleep(0.05)
+    gateway.cli("accounts", "enable", name)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            client.models.list()
+            break
+        except openai.AuthenticationError:
+            assert time.monotonic() < deadline, "an enabled account's key is still refused"
+            time.sleep(0.1)
