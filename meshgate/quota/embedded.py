@@ -14,12 +14,16 @@ window's `used` is read back from what was settled.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from meshgate.quota.ledger import Grant, Reservation, WindowKey, WindowUsage
+
+log = logging.getLogger("meshgate.quota")
 
 
 @dataclass(slots=True)
@@ -59,6 +63,10 @@ class EmbeddedLedger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        # A checkpoint fsyncs the database file (hundreds of ms on some disks): never in a
+        # commit on the event loop, but from a thread of its own (`_Checkpointer`).
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer = _Checkpointer(sqlite_path)
         self._windows: dict[WindowKey, _Window] = {}
         self._open: dict[str, Reservation] = {}
         self._pending: list[_Pending] = []
@@ -188,4 +196,37 @@ class EmbeddedLedger:
     async def close(self) -> None:
         if self._pending:
             self._flush()
+        self._checkpointer.stop()
         self._db.close()
+
+
+class _Checkpointer:
+    """Copies the WAL into the database file every second, off the event loop.
+
+    PASSIVE checkpoints never wait for (or block) the ledger's commits; they keep the WAL
+    from growing without bound now that commits do not checkpoint themselves.
+    """
+
+    def __init__(self, sqlite_path: Path, interval: float = 1.0) -> None:
+        self._path = sqlite_path
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="meshgate-wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=5000")
+        try:
+            while not self._stopped.wait(self._interval):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    log.warning("WAL checkpoint failed; retrying in %.0f s", self._interval, exc_info=True)
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=10)

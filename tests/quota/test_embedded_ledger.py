@@ -107,3 +107,20 @@ async def test_windows_are_separate_per_day_bucket_model_account(db: Path) -> No
 def test_utc_day_format() -> None:
     day = utc_day()
     assert len(day) == 10 and day[4] == "-" and day[7] == "-"
+
+
+async def test_settled_usage_reaches_the_database_file_off_the_event_loop(db: Path, tmp_path: Path) -> None:
+    import shutil
+    import sqlite3
+
+    ledger = EmbeddedLedger(db)
+    for i in range(50):
+        grant = await ledger.reserve(f"r{i}", KEY, 10_000, 10, 10, None)
+        assert grant.reservation is not None
+        await ledger.settle(grant.reservation, 4, 6)
+    await asyncio.sleep(1.5)  # the checkpointer thread copies the WAL into the main file each second
+    copy = tmp_path / "main-file-only.db"
+    shutil.copy(db, copy)  # the database file alone, without its -wal
+    (count,) = sqlite3.connect(copy).execute("SELECT COUNT(*) FROM usage_events").fetchone()
+    assert count == 50
+    await ledger.close()
