@@ -35,6 +35,7 @@ class ApiKey:
     created_at: float
     last_used_at: float | None
     revoked_at: float | None
+    expires_at: float | None = None
 
 
 class AccountStore:
@@ -78,17 +79,23 @@ class AccountStore:
             return [_account(r) for r in conn.execute(select(accounts).order_by(accounts.c.id))]
 
     # -- API keys
-    def create_key(self, account_id: int, name: str = "") -> tuple[ApiKey, str]:
+    def create_key(self, account_id: int, name: str = "", expires_in: float | None = None) -> tuple[ApiKey, str]:
         """Returns the stored key and its secret, which exists nowhere else afterwards."""
         key_id, secret, secret_hash = new_key()
         now = time.time()
+        expires_at = now + expires_in if expires_in is not None else None
         with self.engine.begin() as conn:
             conn.execute(
                 insert(api_keys).values(
-                    id=key_id, account_id=account_id, name=name, secret_hash=secret_hash, created_at=now
+                    id=key_id,
+                    account_id=account_id,
+                    name=name,
+                    secret_hash=secret_hash,
+                    created_at=now,
+                    expires_at=expires_at,
                 )
             )
-        return ApiKey(key_id, account_id, name, secret_hash, now, None, None), secret
+        return ApiKey(key_id, account_id, name, secret_hash, now, None, None, expires_at), secret
 
     def get_key(self, key_id: str) -> ApiKey | None:
         with self.engine.connect() as conn:
@@ -183,4 +190,4 @@ def _account(row: object) -> Account:
 
 def _key(row: object) -> ApiKey:
     r = row
-    return ApiKey(r.id, r.account_id, r.name, r.secret_hash, r.created_at, r.last_used_at, r.revoked_at)  # type: ignore[attr-defined]
+    return ApiKey(r.id, r.account_id, r.name, r.secret_hash, r.created_at, r.last_used_at, r.revoked_at, r.expires_at)  # type: ignore[attr-defined]

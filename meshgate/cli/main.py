@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 
 from meshgate.accounts.service import AccountError, AccountStore
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     key_create = keys.add_parser("create", help="create a key; its secret is printed once, on the last line")
     key_create.add_argument("--account", required=True)
     key_create.add_argument("--name", default="", help="a label for the key")
+    key_create.add_argument("--expires-in", type=_duration, help="e.g. 90d, 12h, 30m (default: never)")
     key_list = keys.add_parser("list", help="list an account's keys")
     key_list.add_argument("--account", required=True)
     key_revoke = keys.add_parser("revoke", help="revoke a key (takes effect within seconds)")
@@ -117,24 +119,41 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 def _keys(args: argparse.Namespace, store: AccountStore) -> int:
     if args.action == "create":
         account = store.require_account(args.account)
-        key, secret = store.create_key(account.id, args.name)
-        print(f"created key {key.id} for {account.name}; the secret is shown this once:")
+        key, secret = store.create_key(account.id, args.name, args.expires_in)
+        expiry = f", expires {_when(key.expires_at)} UTC" if key.expires_at else ""
+        print(f"created key {key.id} for {account.name}{expiry}; the secret is shown this once:")
         print(secret)
     elif args.action == "list":
         account = store.require_account(args.account)
-        print("id\tname\tcreated\tlast used\tstatus")
+        print("id\tname\tcreated\tlast used\texpires\tstatus")
+        now = time.time()
         for key in store.list_keys(account.id):
-            status = "revoked" if key.revoked_at else "active"
-            print(f"{key.id}\t{key.name}\t{_when(key.created_at)}\t{_when(key.last_used_at)}\t{status}")
+            expired = key.expires_at is not None and key.expires_at <= now
+            status = "revoked" if key.revoked_at else "expired" if expired else "active"
+            print(
+                f"{key.id}\t{key.name}\t{_when(key.created_at)}\t{_when(key.last_used_at)}"
+                f"\t{_when(key.expires_at)}\t{status}"
+            )
     else:
         key = store.revoke_key(args.key_id)
         print(f"revoked key {key.id}")
     return 0
 
 
-def _when(epoch: float | None) -> str:
-    import time
+def _duration(text: str) -> float:
+    """'90d', '12h', '30m', '45s' (or plain seconds) as seconds, for argparse."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 90d, 12h, 30m)") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("the duration must be positive")
+    return seconds
 
+
+def _when(epoch: float | None) -> str:
     return "-" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
 
 

@@ -34,6 +34,7 @@ class Principal:
 class _CachedKey:
     secret_hash: str
     principal: Principal
+    expires_at: float | None
 
 
 class KeyAuthenticator:
@@ -64,6 +65,8 @@ class KeyAuthenticator:
             cached = await self._load(key_id)
         if not matches(secret, cached.secret_hash):
             raise invalid_api_key()
+        if cached.expires_at is not None and time.time() >= cached.expires_at:
+            raise invalid_api_key("This API key has expired; create a new one.")
         self._last_used[key_id] = time.time()
         return cached.principal
 
@@ -78,7 +81,7 @@ class KeyAuthenticator:
                 self._unknown.clear()
             self._unknown[key_id] = now + _NEGATIVE_TTL
             raise invalid_api_key()
-        cached = _CachedKey(key.secret_hash, Principal(key.account_id, key.id))
+        cached = _CachedKey(key.secret_hash, Principal(key.account_id, key.id), key.expires_at)
         self._keys[key_id] = cached
         return cached
 

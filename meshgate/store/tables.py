@@ -39,6 +39,7 @@ api_keys = Table(
     Column("created_at", Float, nullable=False),
     Column("last_used_at", Float, nullable=True),
     Column("revoked_at", Float, nullable=True, index=True),
+    Column("expires_at", Float, nullable=True),  # None: the key does not expire
 )
 
 quota_overrides = Table(

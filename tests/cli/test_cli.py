@@ -78,3 +78,11 @@ def test_models_pull_from_a_local_hub(run, tmp_path: Path, monkeypatch: pytest.M
         assert "not found" in run("models", "pull", "org/repo/missing.gguf", "--dest", str(tmp_path), code=1).stderr
     finally:
         server.shutdown()
+
+
+def test_key_expiry_durations(run) -> None:  # type: ignore[no-untyped-def]
+    run("accounts", "create", "frank")
+    assert "expires" in run("keys", "create", "--account", "frank", "--expires-in", "90d").stdout
+    assert "not a duration" in run("keys", "create", "--account", "frank", "--expires-in", "soon", code=2).stderr
+    assert "positive" in run("keys", "create", "--account", "frank", "--expires-in", "0h", code=2).stderr
+    assert "\tactive" in run("keys", "list", "--account", "frank").stdout

@@ -249,3 +249,16 @@ def wait_until_key_works(client: openai.OpenAI, works: bool, within: float = 5.0
             return
         assert time.monotonic() < deadline, f"the key is still {'refused' if works else 'accepted'} after {within} s"
         time.sleep(0.05)
+
+
+def test_expired_key_is_refused(gateway: LiveGateway) -> None:
+    name, _ = gateway.new_account()
+    created = gateway.cli("keys", "create", "--account", name, "--expires-in", "2s").stdout
+    assert "expires" in created
+    client = gateway.client(created.strip().splitlines()[-1])
+    client.models.list()  # valid until it expires, cached or not
+    time.sleep(2.1)
+    with pytest.raises(openai.AuthenticationError) as info:
+        client.models.list()
+    assert "expired" in info.value.message
+    assert "\texpired" in gateway.cli("keys", "list", "--account", name).stdout
