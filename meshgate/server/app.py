@@ -113,7 +113,9 @@ class Gateway:
             return
         except Exception:
             log.exception("unhandled error on %s %s", method, path)
-            await send_plain_error(send, 500, "internal error in the gateway", "server_error", "internal_error")
+            # If the response had already started (a stream), the server closes the connection.
+            with contextlib.suppress(RuntimeError):
+                await send_plain_error(send, 500, "internal error in the gateway", "server_error", "internal_error")
 
     async def _other(self, scope: Scope, receive: Receive, send: Send, method: str, path: str) -> None:
         for prefix in API_PREFIXES:
