@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from meshgate.catalog.spec import BUCKETS
 from meshgate.catalog.tokens import chat_prompt_bound, embedding_input_bound
 from meshgate.protocol.errors import ApiError, invalid_request, model_not_found, upstream_error
 from meshgate.protocol.models import model_card
 from meshgate.protocol.requests import parse_chat, parse_embeddings
 from meshgate.protocol.sse import DONE, event
-from meshgate.quota.ledger import Reservation, WindowKey
+from meshgate.quota.ledger import WindowKey
 from meshgate.server.admission import Admission, today
 from meshgate.server.http import (
     JSON_HEADERS,
@@ -30,7 +31,7 @@ from meshgate.server.http import (
     send_json,
 )
 from meshgate.server.relay import StreamRelay, Usage, finish_json, map_upstream_failure, read_error_body
-from meshgate.workers.http_client import UpstreamClosed, UpstreamError, UpstreamResponse, UpstreamTimeout
+from meshgate.workers.http_client import UpstreamError, UpstreamResponse, UpstreamTimeout
 from meshgate.workers.pool import NoReplicaAvailable, Replica
 
 if TYPE_CHECKING:
@@ -91,10 +92,7 @@ async def list_models(gw: Gateway, scope: Scope, receive: Receive, send: Send) -
 
 async def get_model(gw: Gateway, scope: Scope, receive: Receive, send: Send, model_id: str) -> None:
     await gw.auth.authenticate(scope)
-    route = gw.routes.get(model_id)
-    if route is None:
-        raise model_not_found(model_id)
-    await send_json(send, 200, model_card(route.spec))
+    await send_json(send, 200, model_card(lookup(gw.routes, model_id).spec))
 
 
 # ---------------------------------------------------------------- chat
@@ -250,9 +248,7 @@ async def _relay_stream(
     watcher: HangUpWatch,
 ) -> None:
     reservation = admission.reservation
-    headers = SSE_HEADERS + gw.admitter.rate_headers(
-        reservation.key, reservation.limit, await _remaining(gw, reservation)
-    )
+    headers = SSE_HEADERS + await gw.admitter.headers_after(reservation)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     outcome = "ok"
     timeout = gw.settings.upstream_response_timeout
@@ -281,11 +277,6 @@ async def _relay_stream(
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _remaining(gw: Gateway, reservation: Reservation) -> int:
-    window = await gw.ledger.window(reservation.key)
-    return reservation.limit - window.used - window.reserved
-
-
 def _as_api_error(exc: BaseException) -> BaseException:
     if isinstance(exc, ApiError | asyncio.CancelledError):
         return exc
@@ -293,7 +284,7 @@ def _as_api_error(exc: BaseException) -> BaseException:
         return upstream_error(503, "no healthy upstream is available for this model, please retry", "no_upstream")
     if isinstance(exc, UpstreamTimeout):
         return upstream_error(504, "the model's upstream timed out", "upstream_timeout")
-    if isinstance(exc, UpstreamClosed | UpstreamError):
+    if isinstance(exc, UpstreamError):
         return upstream_error(502, f"the model's upstream failed: {exc}", "upstream_error")
     if isinstance(exc, orjson.JSONDecodeError):
         return upstream_error(502, "the model's upstream sent invalid JSON", "upstream_error")
@@ -309,7 +300,7 @@ async def usage_today(gw: Gateway, scope: Scope, receive: Receive, send: Send) -
     reset = gw.admitter.reset_epoch(day)
     rows = []
     for route in gw.routes.values():
-        for bucket in ("api", "chat", "embeddings"):
+        for bucket in BUCKETS:
             limit = gw.admitter.policy.limit(principal.account_id, route.spec, bucket)
             if limit is None:
                 continue
