@@ -62,9 +62,11 @@ class FakeUpstream:
         return httpx.get(f"http://127.0.0.1:{self.port}/mock/stats").json()  # type: ignore[no-any-return]
 
 
-def start_fake_upstream(port: int | None = None) -> FakeUpstream:
+def start_fake_upstream(port: int | None = None, *args: str) -> FakeUpstream:
+    """A fake engine process; `args` are its flags, e.g. "--no-tokenize", "--max-model-len", "4096"."""
     port = port or free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tests.fakes.upstream", "--port", str(port)], cwd=ROOT)
+    command = [sys.executable, "-m", "tests.fakes.upstream", "--port", str(port), *args]
+    process = subprocess.Popen(command, cwd=ROOT)
     wait_http(f"http://127.0.0.1:{port}/health", process=process)
     return FakeUpstream(port, process)
 

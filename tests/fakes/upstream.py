@@ -7,7 +7,12 @@ steer it: {"delay_ms": per-token delay, "status": answer with this error status,
 cut at max_tokens. Prompt tokens are the words of all messages plus 4 per message.
 `GET /mock/stats` tells what the engine saw, including streams cancelled by the client.
 
-Run: python -m tests.fakes.upstream --port N [--name NAME]
+`POST /tokenize` at the root counts like vLLM's: `{"messages"}` exactly as the chat usage,
+`{"prompt"}` as the embeddings usage (words + 2), answering `{"count", "max_model_len",
+"tokens"}`. It honours `mock` at the top level or on a message (a gateway forwards only the
+messages there); its calls are counted in `tokenize_calls`, apart from `requests`.
+
+Run: python -m tests.fakes.upstream --port N [--name NAME] [--no-tokenize] [--max-model-len N]
 """
 
 from __future__ import annotations
@@ -60,8 +65,10 @@ def embed(text: str) -> list[float]:
 
 
 class FakeEngine:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, tokenize: bool = True, max_model_len: int = 131072) -> None:
         self.name = name
+        self.tokenize = tokenize
+        self.max_model_len = max_model_len
         self.stats: dict[str, Any] = {
             "requests": 0,
             "completed": 0,
@@ -70,6 +77,8 @@ class FakeEngine:
             "max_in_flight": 0,
             "last_body": None,
             "bodies": [],
+            "tokenize_calls": 0,
+            "last_tokenize_body": None,
         }
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -80,12 +89,9 @@ class FakeEngine:
             return await self._json(send, 200, {k: v for k, v in self.stats.items() if k != "bodies"})
         if method == "GET" and path in ("/health", "/v1/models"):
             return await self._json(send, 200, {"object": "list", "data": [{"id": self.name, "object": "model"}]})
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await self._body(receive)
+        if method == "POST" and path == "/tokenize":
+            return await self._tokenize(orjson.loads(body), receive, send)
         request = orjson.loads(body)
         self.stats["requests"] += 1
         self.stats["last_body"] = request
@@ -108,6 +114,40 @@ class FakeEngine:
             await self._json(send, 404, {"error": {"message": "not found", "type": "not_found"}})
         finally:
             self.stats["in_flight"] -= 1
+
+    @staticmethod
+    async def _body(receive: Any) -> bytes:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                return body
+
+    async def _tokenize(self, request: dict[str, Any], receive: Any, send: Any) -> None:
+        self.stats["tokenize_calls"] += 1
+        self.stats["last_tokenize_body"] = request
+        if not self.tokenize:  # an engine without the route: FastAPI's own 404
+            return await self._json(send, 404, {"detail": "Not Found"})
+        messages = request.get("messages")
+        mock = request.get("mock") or {}
+        for message in messages or ():
+            mock = mock or message.get("mock") or {}
+        if mock.get("hang"):
+            await receive()  # http.disconnect: hang until the client gives up
+            return
+        if "status" in mock:
+            error = {"error": {"message": f"mock failure {mock['status']}", "type": "mock", "code": mock["status"]}}
+            return await self._json(send, int(mock["status"]), error)
+        if isinstance(messages, list):
+            count = prompt_tokens(messages)
+        elif isinstance(request.get("prompt"), str):
+            count = len(request["prompt"].split()) + 2
+        else:
+            error = {"error": {"message": "either messages or prompt is required", "type": "BadRequestError"}}
+            return await self._json(send, 400, error)
+        # vLLM's field order: the count comes before the (possibly huge) token ids.
+        await self._json(send, 200, {"count": count, "max_model_len": self.max_model_len, "tokens": list(range(count))})
 
     def _tokens(self, request: dict[str, Any]) -> list[str]:
         limit = request.get("max_tokens") or request.get("max_completion_tokens") or len(REPLY)
@@ -238,9 +278,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="fake-model")
+    parser.add_argument("--no-tokenize", action="store_true", help="answer 404 on /tokenize, like an engine without it")
+    parser.add_argument("--max-model-len", type=int, default=131072, help="the max_model_len /tokenize reports")
     args = parser.parse_args()
     uvicorn.run(
-        FakeEngine(args.name), host="127.0.0.1", port=args.port, log_level="warning", loop="uvloop", http="httptools"
+        FakeEngine(args.name, not args.no_tokenize, args.max_model_len),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        loop="uvloop",
+        http="httptools",
     )
 
 
