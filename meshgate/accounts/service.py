@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from meshgate.accounts.keys import new_key
-from meshgate.store.tables import accounts, api_keys, quota_overrides, quota_usage
+from meshgate.quota.cycles import CYCLES
+from meshgate.store.tables import accounts, api_keys, key_budget_usage, quota_overrides, quota_usage
 
 
 class AccountError(ValueError):
@@ -36,6 +40,9 @@ class ApiKey:
     last_used_at: float | None
     revoked_at: float | None
     expires_at: float | None = None
+    models: tuple[str, ...] | None = None  # catalog model ids the key may use; None: all
+    budget_tokens: int | None = None  # the key's own limit per cycle; None: only the account's quotas
+    budget_cycle: str | None = None  # one of cycles.CYCLES, set exactly when budget_tokens is
 
 
 class AccountStore:
@@ -79,8 +86,23 @@ class AccountStore:
             return [_account(r) for r in conn.execute(select(accounts).order_by(accounts.c.id))]
 
     # -- API keys
-    def create_key(self, account_id: int, name: str = "", expires_in: float | None = None) -> tuple[ApiKey, str]:
-        """Returns the stored key and its secret, which exists nowhere else afterwards."""
+    def create_key(
+        self,
+        account_id: int,
+        name: str = "",
+        expires_in: float | None = None,
+        *,
+        models: Sequence[str] | None = None,
+        budget_tokens: int | None = None,
+        budget_cycle: str | None = None,
+    ) -> tuple[ApiKey, str]:
+        """Returns the stored key and its secret, which exists nowhere else afterwards.
+
+        `models` limits the key to those catalog ids (None: all models); `budget_tokens` per
+        `budget_cycle` is the key's own token budget, on top of the account's quotas.
+        """
+        scope = _check_models(models)
+        _check_budget(budget_tokens, budget_cycle)
         key_id, secret, secret_hash = new_key()
         now = time.time()
         expires_at = now + expires_in if expires_in is not None else None
@@ -93,9 +115,15 @@ class AccountStore:
                     secret_hash=secret_hash,
                     created_at=now,
                     expires_at=expires_at,
+                    models=None if scope is None else json.dumps(list(scope)),
+                    budget_tokens=budget_tokens,
+                    budget_cycle=budget_cycle,
                 )
             )
-        return ApiKey(key_id, account_id, name, secret_hash, now, None, None, expires_at), secret
+        key = ApiKey(
+            key_id, account_id, name, secret_hash, now, None, None, expires_at, scope, budget_tokens, budget_cycle
+        )
+        return key, secret
 
     def get_key(self, key_id: str) -> ApiKey | None:
         with self.engine.connect() as conn:
@@ -149,6 +177,16 @@ class AccountStore:
             for key_id, at in last_used.items():
                 conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=at))
 
+    def budget_used(self, api_key_id: str, period: str) -> int:
+        """Tokens settled on a key's budget in one period (cycles.current_period), as committed."""
+        with self.engine.connect() as conn:
+            used = conn.execute(
+                select(key_budget_usage.c.used).where(
+                    and_(key_budget_usage.c.api_key_id == api_key_id, key_budget_usage.c.period == period)
+                )
+            ).scalar()
+        return int(used or 0)
+
     # -- quota overrides
     def set_quota(self, account_id: int, model: str, bucket: str, tokens: int) -> None:
         if tokens < 0:
@@ -188,6 +226,48 @@ def _account(row: object) -> Account:
     return Account(row.id, row.name, bool(row.is_admin), bool(row.disabled), row.created_at)  # type: ignore[attr-defined]
 
 
+def _check_models(models: Sequence[str] | None) -> tuple[str, ...] | None:
+    if models is None:
+        return None
+    if isinstance(models, str):
+        raise AccountError("models must be a list of model ids, not one string")
+    if not models:
+        raise AccountError("a key scoped to models needs at least one model id (or no scope: all models)")
+    scope: list[str] = []
+    for model in models:
+        if not isinstance(model, str) or not model.strip():
+            raise AccountError(f"model ids must be non-empty strings, not {model!r}")
+        if model.strip() not in scope:
+            scope.append(model.strip())
+    return tuple(scope)
+
+
+def _check_budget(tokens: int | None, cycle: str | None) -> None:
+    if tokens is None and cycle is None:
+        return
+    if tokens is None:
+        raise AccountError(f"a budget cycle needs a budget: give the tokens per {cycle} cycle too")
+    if cycle is None:
+        raise AccountError(f"a budget needs a cycle: one of {', '.join(CYCLES)}")
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise AccountError(f"the budget must be a whole number of tokens >= 1, not {tokens!r}")
+    if cycle not in CYCLES:
+        raise AccountError(f"unknown budget cycle {cycle!r}: use one of {', '.join(CYCLES)}")
+
+
 def _key(row: object) -> ApiKey:
-    r = row
-    return ApiKey(r.id, r.account_id, r.name, r.secret_hash, r.created_at, r.last_used_at, r.revoked_at, r.expires_at)  # type: ignore[attr-defined]
+    r: Any = row
+    models = None if r.models is None else tuple(json.loads(r.models))
+    return ApiKey(
+        r.id,
+        r.account_id,
+        r.name,
+        r.secret_hash,
+        r.created_at,
+        r.last_used_at,
+        r.revoked_at,
+        r.expires_at,
+        models,
+        r.budget_tokens,
+        r.budget_cycle,
+    )

@@ -7,9 +7,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from meshgate.accounts.service import AccountError, AccountStore
+from meshgate.accounts.service import AccountError, AccountStore, ApiKey
 from meshgate.catalog.loader import CatalogError
 from meshgate.config import Settings, load_settings
+from meshgate.quota.cycles import CYCLES, PER, current_period
 from meshgate.store.engine import migrate, sync_engine
 
 
@@ -40,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     key_create.add_argument("--account", required=True)
     key_create.add_argument("--name", default="", help="a label for the key")
     key_create.add_argument("--expires-in", type=_duration, help="e.g. 90d, 12h, 30m (default: never)")
+    key_create.add_argument(
+        "--models", type=_model_list, help="comma-separated model ids the key may use (default: all)"
+    )
+    key_create.add_argument("--budget", type=int, metavar="TOKENS", help="the key's own token budget per --cycle")
+    key_create.add_argument(
+        "--cycle", choices=CYCLES, help="when the budget refreshes (UTC): 8h, daily, weekly, monthly"
+    )
     key_list = keys.add_parser("list", help="list an account's keys")
     key_list.add_argument("--account", required=True)
     key_revoke = keys.add_parser("revoke", help="revoke a key (takes effect within seconds)")
@@ -119,25 +127,53 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 def _keys(args: argparse.Namespace, store: AccountStore) -> int:
     if args.action == "create":
         account = store.require_account(args.account)
-        key, secret = store.create_key(account.id, args.name, args.expires_in)
+        key, secret = store.create_key(
+            account.id,
+            args.name,
+            args.expires_in,
+            models=args.models,
+            budget_tokens=args.budget,
+            budget_cycle=args.cycle,
+        )
         expiry = f", expires {_when(key.expires_at)} UTC" if key.expires_at else ""
-        print(f"created key {key.id} for {account.name}{expiry}; the secret is shown this once:")
+        print(f"created key {key.id} for {account.name}{expiry}")
+        print(f"scope: {_scope(key)}; budget: {_budget(key)}")
+        print("the secret is shown this once:")
         print(secret)
     elif args.action == "list":
         account = store.require_account(args.account)
-        print("id\tname\tcreated\tlast used\texpires\tstatus")
+        print("id\tname\tcreated\tlast used\texpires\tstatus\tscope\tbudget\tused this cycle\trefreshes (UTC)")
         now = time.time()
         for key in store.list_keys(account.id):
             expired = key.expires_at is not None and key.expires_at <= now
             status = "revoked" if key.revoked_at else "expired" if expired else "active"
+            used, refreshes = "-", "-"
+            if key.budget_cycle is not None:
+                period, ends_at = current_period(key.budget_cycle, now)
+                used, refreshes = str(store.budget_used(key.id, period)), _when(ends_at)
             print(
                 f"{key.id}\t{key.name}\t{_when(key.created_at)}\t{_when(key.last_used_at)}"
-                f"\t{_when(key.expires_at)}\t{status}"
+                f"\t{_when(key.expires_at)}\t{status}\t{_scope(key)}\t{_budget(key)}\t{used}\t{refreshes}"
             )
     else:
         key = store.revoke_key(args.key_id)
         print(f"revoked key {key.id}")
     return 0
+
+
+def _scope(key: ApiKey) -> str:
+    return "all models" if key.models is None else ",".join(key.models)
+
+
+def _budget(key: ApiKey) -> str:
+    if key.budget_tokens is None or key.budget_cycle is None:
+        return "-"
+    return f"{key.budget_tokens}/{PER[key.budget_cycle]}"
+
+
+def _model_list(text: str) -> list[str]:
+    """'a/x, b/y' as ['a/x', 'b/y'], for argparse; the store checks what is left."""
+    return [part.strip() for part in text.split(",")]
 
 
 def _duration(text: str) -> float:

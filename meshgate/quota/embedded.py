@@ -9,6 +9,10 @@ settlements of one event-loop tick share one transaction (group commit, run inli
 from a `call_soon` callback): under load one COMMIT (~40 µs of syscalls) serves many
 requests instead of one each. A reservation lives only in memory, so a crash simply releases it: on restart a
 window's `used` is read back from what was settled.
+
+Key budgets are windows of the same kind, keyed by (API key, period), next to the
+account windows: `reserve` checks and reserves both with no `await` in between, and
+a settlement's budget total is upserted in the same transaction as its usage event.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshgate.quota.ledger import Grant, Reservation, WindowKey, WindowUsage
+from meshgate.quota.ledger import Budget, BudgetKey, Grant, Reservation, WindowKey, WindowUsage
 
 log = logging.getLogger("meshgate.quota")
 
@@ -30,6 +34,9 @@ log = logging.getLogger("meshgate.quota")
 class _Window:
     used: int
     reserved: int
+    # Settlements counted in `used` but not committed yet: a window with some must stay in
+    # memory, or reloading it from the database would forget them.
+    pending: int = 0
 
 
 @dataclass(slots=True)
@@ -43,6 +50,7 @@ class _Pending:
     outcome: str
     created_at: float
     window: _Window
+    budget_window: _Window | None
     waiter: asyncio.Future[int]
 
 
@@ -54,6 +62,10 @@ _INSERT_EVENT = (
 _UPSERT_USAGE = (
     "INSERT INTO quota_usage (account_id, model, bucket, day, used) VALUES (?,?,?,?,?)"
     " ON CONFLICT (account_id, model, bucket, day) DO UPDATE SET used = used + excluded.used"
+)
+_UPSERT_BUDGET = (
+    "INSERT INTO key_budget_usage (api_key_id, period, used) VALUES (?,?,?)"
+    " ON CONFLICT (api_key_id, period) DO UPDATE SET used = used + excluded.used"
 )
 
 
@@ -68,6 +80,8 @@ class EmbeddedLedger:
         self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._checkpointer = _Checkpointer(sqlite_path)
         self._windows: dict[WindowKey, _Window] = {}
+        self._budgets: dict[BudgetKey, _Window] = {}
+        self._budget_keys: dict[str, list[BudgetKey]] = {}  # API key id -> its budget windows in memory
         self._open: dict[str, Reservation] = {}
         self._pending: list[_Pending] = []
         self._flush_scheduled = False
@@ -84,41 +98,90 @@ class EmbeddedLedger:
         return window
 
     def _forget_old_days(self, today: str) -> None:
-        stale = [k for k, w in self._windows.items() if k.day < today and w.reserved == 0]
+        stale = [k for k, w in self._windows.items() if k.day < today and w.reserved == 0 and w.pending == 0]
         for k in stale:
             del self._windows[k]
 
+    def _budget_of(self, key: BudgetKey) -> _Window:
+        window = self._budgets.get(key)
+        if window is None:
+            row = self._db.execute(
+                "SELECT used FROM key_budget_usage WHERE api_key_id=? AND period=?", (key.api_key_id, key.period)
+            ).fetchone()
+            window = self._budgets[key] = _Window(used=row[0] if row else 0, reserved=0)
+            self._forget_other_periods(key)
+        return window
+
+    def _forget_other_periods(self, current: BudgetKey) -> None:
+        """A key's new period began: drop its other periods' windows once idle (reloading one is exact)."""
+        kept = [current]
+        for other in self._budget_keys.get(current.api_key_id, ()):
+            window = self._budgets[other]
+            if window.reserved or window.pending:
+                kept.append(other)
+            else:
+                del self._budgets[other]
+        self._budget_keys[current.api_key_id] = kept
+
     async def reserve(
-        self, request_id: str, key: WindowKey, limit: int, minimum: int, maximum: int, api_key_id: str | None
+        self,
+        request_id: str,
+        key: WindowKey,
+        limit: int,
+        minimum: int,
+        maximum: int,
+        api_key_id: str | None,
+        budget: Budget | None = None,
     ) -> Grant:
+        # No `await` from here to the end: the checks and the reservations are one atomic step.
         window = self._window_of(key)
         free = limit - window.used - window.reserved
-        if free < minimum or free <= 0 or request_id in self._open:
-            return Grant(0, limit, max(free, 0), None)
+        refused_by = "window" if free < minimum or free <= 0 or request_id in self._open else None
+        budget_window = None
+        if budget is not None:
+            budget_window = self._budget_of(budget.key)
+            budget_free = budget.limit - budget_window.used - budget_window.reserved
+            if refused_by is None and (budget_free < minimum or budget_free <= 0):
+                refused_by = "budget"
+            free = min(free, budget_free)
+        if refused_by is not None:
+            return Grant(0, limit, max(free, 0), None, refused_by)
         amount = min(maximum, free)
         window.reserved += amount
-        reservation = Reservation(request_id, key, amount, limit, api_key_id)
+        if budget_window is not None:
+            budget_window.reserved += amount
+        reservation = Reservation(request_id, key, amount, limit, api_key_id, budget)
         self._open[request_id] = reservation
         return Grant(amount, limit, free - amount, reservation)
 
     async def settle(
         self, reservation: Reservation, prompt_tokens: int, completion_tokens: int, outcome: str = "ok"
     ) -> int:
-        if self._open.pop(reservation.request_id, None) is None:
+        held = self._open.pop(reservation.request_id, None)
+        if held is None:
             return 0  # already settled: settlement is idempotent per request id
-        key = reservation.key
-        window = self._window_of(key)
-        window.reserved -= reservation.amount
-        # Never charge past the reservation: it was the admission's promise to the account.
-        charged = min(max(prompt_tokens, 0) + max(completion_tokens, 0), reservation.amount)
+        window = self._window_of(held.key)
+        window.reserved -= held.amount
+        budget_window = None
+        if held.budget is not None:
+            budget_window = self._budget_of(held.budget.key)
+            budget_window.reserved -= held.amount
+        # The whole usage, even above the reservation: the server decides what was really used.
+        charged = max(prompt_tokens, 0) + max(completion_tokens, 0)
         if charged == 0 and outcome != "ok":
             return 0
         # Counted at once, so a reservation made before the commit already sees it (never overspends).
         window.used += charged
+        window.pending += 1
+        if budget_window is not None:
+            budget_window.used += charged
+            budget_window.pending += 1
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._pending.append(
-            _Pending(reservation, prompt_tokens, completion_tokens, charged, outcome, time.time(), window, waiter)
+            _Pending(
+                held, prompt_tokens, completion_tokens, charged, outcome, time.time(), window, budget_window, waiter
+            )
         )
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -135,15 +198,14 @@ class EmbeddedLedger:
             inserted = self._commit(batch)
         except BaseException as exc:
             for item in batch:
-                item.window.used -= item.charged
+                _uncount(item, item.charged)
                 if not item.waiter.done():
                     item.waiter.set_exception(exc)
             return
         for item, ok in zip(batch, inserted, strict=True):
-            charged = item.charged
-            if not ok:  # the request id was already in the history (settled by an earlier process)
-                item.window.used -= charged
-                charged = 0
+            # not ok: the request id was already in the history (settled by an earlier process)
+            charged = item.charged if ok else 0
+            _uncount(item, item.charged - charged)
             if not item.waiter.done():
                 item.waiter.set_result(charged)
 
@@ -175,14 +237,20 @@ class EmbeddedLedger:
                 db.execute("BEGIN IMMEDIATE")
                 inserted = [db.execute(_INSERT_EVENT, row).rowcount == 1 for row in rows]
             totals: dict[WindowKey, int] = {}
+            budgets: dict[BudgetKey, int] = {}
             for item, ok in zip(batch, inserted, strict=True):
                 if ok:
                     key = item.reservation.key
                     totals[key] = totals.get(key, 0) + item.charged
+                    budget = item.reservation.budget
+                    if budget is not None:
+                        budgets[budget.key] = budgets.get(budget.key, 0) + item.charged
             if totals:
                 db.executemany(
                     _UPSERT_USAGE, [(k.account_id, k.model, k.bucket, k.day, used) for k, used in totals.items()]
                 )
+            if budgets:
+                db.executemany(_UPSERT_BUDGET, [(k.api_key_id, k.period, used) for k, used in budgets.items()])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -193,11 +261,24 @@ class EmbeddedLedger:
         window = self._window_of(key)
         return WindowUsage(window.used, window.reserved)
 
+    async def budget_window(self, key: BudgetKey) -> WindowUsage:
+        window = self._budget_of(key)
+        return WindowUsage(window.used, window.reserved)
+
     async def close(self) -> None:
         if self._pending:
             self._flush()
         self._checkpointer.stop()
         self._db.close()
+
+
+def _uncount(item: _Pending, tokens: int) -> None:
+    """The settlement's commit is over: it is no longer pending; `tokens` of it were not charged after all."""
+    item.window.used -= tokens
+    item.window.pending -= 1
+    if item.budget_window is not None:
+        item.budget_window.used -= tokens
+        item.budget_window.pending -= 1
 
 
 class _Checkpointer:

@@ -1,9 +1,11 @@
 """The token ledger's interface: reserve before the work, settle exactly after it.
 
-A window is (account, model, bucket, UTC day). `reserve` checks and reserves in one
-atomic step, so concurrent requests can never together spend more than the window's
-limit; `settle` charges what was really used and frees the rest of the reservation,
-once per request id however often it is called.
+A window is (account, model, bucket, UTC day). A key budget is (API key, period of its
+cycle; see `cycles.py`): a sub-key's own limit, on top of its account's windows.
+`reserve` checks and reserves on the window and the budget in one atomic step, so
+concurrent requests can never together reserve more than either limit; `settle` charges
+what was really used to both and frees the rest of the reservation, once per request id
+however often it is called.
 """
 
 from __future__ import annotations
@@ -21,13 +23,27 @@ class WindowKey:
     day: str  # YYYY-MM-DD, UTC
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetKey:
+    api_key_id: str
+    period: str  # from cycles.current_period
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    key: BudgetKey
+    limit: int
+    resets_at: float  # epoch seconds
+
+
 @dataclass(slots=True)
 class Reservation:
     request_id: str
     key: WindowKey
-    amount: int  # tokens held until settlement
+    amount: int  # tokens held until settlement, on the window and on the budget alike
     limit: int
     api_key_id: str | None = None
+    budget: Budget | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +51,12 @@ class Grant:
     """The answer to a reservation: `amount` tokens were reserved (0 = refused)."""
 
     amount: int
-    limit: int
-    remaining: int  # after this reservation
+    limit: int  # the window's
+    remaining: int  # after this reservation: min(window free, budget free), never below 0
     reservation: Reservation | None
+    # When refused: "budget" if the key budget had less free than `minimum`, else "window"
+    # (the account's window was short, or the request id already holds a reservation).
+    refused_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,18 +67,47 @@ class WindowUsage:
 
 class Ledger(Protocol):
     async def reserve(
-        self, request_id: str, key: WindowKey, limit: int, minimum: int, maximum: int, api_key_id: str | None
+        self,
+        request_id: str,
+        key: WindowKey,
+        limit: int,
+        minimum: int,
+        maximum: int,
+        api_key_id: str | None,
+        budget: Budget | None = None,
     ) -> Grant:
-        """Reserve as much as is free up to `maximum`, but only if at least `minimum` is free."""
+        """Reserve as much as is free up to `maximum` but at least `minimum`, on the account's window and on
+        the key's budget (if any) in one atomic step: both or neither.
+
+        Free = min(window free, budget free), where a window's free is `limit - used - reserved` and a
+        budget's is `budget.limit - used - reserved` of `budget.key` (settlements count in `used` as soon
+        as `settle` is called, before they are durable). Refused if free < minimum, free <= 0 or
+        `request_id` already holds a reservation: neither is touched, `reservation` is None and
+        `refused_by` says which one was short ("window" if both were). Granted: `amount` = min(maximum,
+        free) is added to the reserved tokens of both, held until `settle`. Grant.remaining is the smaller
+        of the two free amounts after the reservation (0 if negative).
+        """
         ...
 
     async def settle(
         self, reservation: Reservation, prompt_tokens: int, completion_tokens: int, outcome: str = "ok"
     ) -> int:
-        """Charge prompt+completion tokens (at most the reservation), release the rest; returns the charge."""
+        """Charge prompt+completion tokens exactly (negatives count as 0) to the window AND the key budget,
+        release the reservation; idempotent per request id; returns the charge.
+
+        The charge is not capped at the reservation: the caller (the server) decides what was really used;
+        a charge above the reservation may take the window and the budget over their limits by that one
+        request (the server logs it). A request id settled before (by this process or, as far as the
+        durable history knows, an earlier one) charges neither and returns 0. A charge of 0 with an
+        outcome other than "ok" records nothing. Returns only once the charge is durable.
+        """
         ...
 
     async def window(self, key: WindowKey) -> WindowUsage: ...
+
+    async def budget_window(self, key: BudgetKey) -> WindowUsage:
+        """Used (settled) and reserved tokens of a key budget's period."""
+        ...
 
     async def close(self) -> None: ...
 

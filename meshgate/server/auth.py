@@ -28,6 +28,9 @@ _MAX_NEGATIVE = 10_000
 class Principal:
     account_id: int
     key_id: str | None  # None for web sessions
+    models: frozenset[str] | None = None  # the catalog ids a scoped key may use; None: all
+    budget_tokens: int | None = None  # the key's own budget per cycle (quota/cycles.py); None: none
+    budget_cycle: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,9 @@ class KeyAuthenticator:
                 self._unknown.clear()
             self._unknown[key_id] = now + _NEGATIVE_TTL
             raise invalid_api_key()
-        cached = _CachedKey(key.secret_hash, Principal(key.account_id, key.id), key.expires_at)
+        models = None if key.models is None else frozenset(key.models)
+        principal = Principal(key.account_id, key.id, models, key.budget_tokens, key.budget_cycle)
+        cached = _CachedKey(key.secret_hash, principal, key.expires_at)
         self._keys[key_id] = cached
         return cached
 

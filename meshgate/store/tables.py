@@ -13,6 +13,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 
@@ -40,6 +41,11 @@ api_keys = Table(
     Column("last_used_at", Float, nullable=True),
     Column("revoked_at", Float, nullable=True, index=True),
     Column("expires_at", Float, nullable=True),  # None: the key does not expire
+    # Scoped keys: a JSON array of catalog model ids (None: every model), and a token budget
+    # per refresh cycle (quota/cycles.py: 8h, daily, weekly, monthly); None: only the account's quotas.
+    Column("models", Text, nullable=True),
+    Column("budget_tokens", BigInteger, nullable=True),
+    Column("budget_cycle", String(16), nullable=True),
 )
 
 quota_overrides = Table(
@@ -60,6 +66,15 @@ quota_usage = Table(
     Column("model", String(256), primary_key=True),
     Column("bucket", String(16), primary_key=True),
     Column("day", String(10), primary_key=True),  # YYYY-MM-DD, UTC
+    Column("used", BigInteger, nullable=False),
+)
+
+# Tokens charged per (API key, budget period): the durable side of a key's budget window.
+key_budget_usage = Table(
+    "key_budget_usage",
+    metadata,
+    Column("api_key_id", String(32), primary_key=True),
+    Column("period", String(32), primary_key=True),  # cycles.current_period: the period's UTC start
     Column("used", BigInteger, nullable=False),
 )
 
