@@ -16,7 +16,11 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024
     auth_refresh_seconds: float = 1.0  # how often revocations and quota overrides are picked up
     upstream_connect_timeout: float = 5.0
-    upstream_response_timeout: float = 600.0
+    upstream_response_timeout: float = 600.0  # a whole plain (non-streaming) answer, headers to last byte
+    stream_idle_timeout: float = 120.0  # the longest silence between two events of a stream
+    stream_max_seconds: float = 3600.0  # a whole stream, however lively
+    max_upstream_answer_bytes: int = 64 * 1024 * 1024  # a plain answer read from an engine
+    max_event_bytes: int = 1024 * 1024  # one SSE event from an engine
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -39,6 +43,10 @@ def load_settings(**overrides: object) -> Settings:
         "auth_refresh_seconds": float(env.get("MESHGATE_AUTH_REFRESH_SECONDS", "1.0")),
         "upstream_connect_timeout": float(env.get("MESHGATE_UPSTREAM_CONNECT_TIMEOUT", "5")),
         "upstream_response_timeout": float(env.get("MESHGATE_UPSTREAM_RESPONSE_TIMEOUT", "600")),
+        "stream_idle_timeout": float(env.get("MESHGATE_STREAM_IDLE_TIMEOUT", "120")),
+        "stream_max_seconds": float(env.get("MESHGATE_STREAM_MAX_SECONDS", "3600")),
+        "max_upstream_answer_bytes": int(env.get("MESHGATE_MAX_UPSTREAM_ANSWER_BYTES", str(64 * 1024 * 1024))),
+        "max_event_bytes": int(env.get("MESHGATE_MAX_EVENT_BYTES", str(1024 * 1024))),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]

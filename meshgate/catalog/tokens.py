@@ -17,6 +17,10 @@ import orjson
 PER_MESSAGE_OVERHEAD = 16
 PER_REQUEST_OVERHEAD = 64
 PER_IMAGE_TOKENS = 4096  # vision inputs; the reservation is capped by the context length anyway
+# No tokenizer of the supported families averages more UTF-8 bytes per token than this over a
+# prompt (long whitespace runs in code come closest): the floor below never overcounts, so it
+# can refuse a request that cannot fit without asking an engine to count it.
+MAX_BYTES_PER_TOKEN = 32
 
 
 def chat_prompt_bound(body: dict[str, Any]) -> int:
@@ -50,6 +54,17 @@ def _content_bound(content: Any) -> int:
                 total += len(orjson.dumps(part))
         return total
     return 0 if content is None else len(orjson.dumps(content))
+
+
+def prompt_floor(bound: int, messages: int) -> int:
+    """At most the prompt's tokens, from its bound: the bytes without the per-message overheads, per 32."""
+    text_bytes = max(bound - PER_REQUEST_OVERHEAD - PER_MESSAGE_OVERHEAD * messages, 0)
+    return text_bytes // MAX_BYTES_PER_TOKEN
+
+
+def text_bound(text: str) -> int:
+    """Tokens of a text at most: its UTF-8 bytes."""
+    return len(text.encode())
 
 
 def embedding_input_bound(inputs: list[str] | list[list[int]]) -> int:

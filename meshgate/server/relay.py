@@ -1,12 +1,15 @@
-"""Relaying upstream answers to the client, counting usage as it flows.
+"""What flows back from an engine: answers and events, with their usage counted and the model renamed.
 
-Non-streaming answers are read whole (their usage decides the charge) and passed on as
-the upstream's own bytes unless the model name must be rewritten. Streams are passed on
-event by event as they arrive; only events that carry usage are parsed.
+A plain answer is read whole (its usage decides the charge) and passed on as the upstream's
+own bytes unless the model name must be rewritten. A stream is parsed event by event: each
+event is JSON small enough that parsing costs about a microsecond, and parsing is the only
+way to count what was delivered whatever the engine's JSON spelling (spaces, key order), to
+give every event the catalog's model name, and to stop at what was reserved.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,25 +19,36 @@ from meshgate.protocol.errors import ApiError, upstream_error
 from meshgate.protocol.sse import DONE, EventSplitter, data_of, event
 from meshgate.workers.http_client import UpstreamResponse
 
-_USAGE_MARKERS = (b'"usage":{', b'"usage": {')
-_CONTENT_MARKERS = (b'"content":"', b'"reasoning_content":"', b'"tool_calls":[{', b'"text":"')
-_EMPTY_CONTENT = (b'"content":""', b'"reasoning_content":""')
+log = logging.getLogger("meshgate.relay")
+
+
+def _count(value: Any) -> int | None:
+    """A token count as an engine may report it: a non-negative integer, and not a boolean."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 @dataclass(slots=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    reported: bool = False  # True once the upstream itself reported usage
+    reported: bool = False  # True once the upstream itself reported (valid) usage
+    invalid: bool = False  # the upstream reported usage that is not a count (negative, float, bool, ...)
 
     def absorb(self, usage: Any) -> None:
-        if isinstance(usage, dict):
-            prompt = usage.get("prompt_tokens")
-            completion = usage.get("completion_tokens", 0)
-            if isinstance(prompt, int) and isinstance(completion, int):
-                self.prompt_tokens = prompt
-                self.completion_tokens = completion
-                self.reported = True
+        if not isinstance(usage, dict):
+            if usage is not None:
+                self.invalid = True
+            return
+        prompt = _count(usage.get("prompt_tokens"))
+        completion = _count(usage.get("completion_tokens", 0))
+        if prompt is None or completion is None:
+            self.invalid = True
+            return
+        self.prompt_tokens = prompt
+        self.completion_tokens = completion
+        self.reported = True
 
 
 def map_upstream_failure(status: int, body: bytes) -> ApiError:
@@ -68,7 +82,7 @@ def _error_message(body: bytes) -> str | None:
     return message if isinstance(message, str) else None
 
 
-def finish_json(data: bytes, usage: Usage, public_model: str, upstream_model: str) -> bytes:
+def finish_json(data: bytes, usage: Usage, public_model: str) -> bytes:
     """Take the usage out of a complete JSON answer and give it the model name the client asked for."""
     parsed = orjson.loads(data)
     if not isinstance(parsed, dict):
@@ -80,40 +94,90 @@ def finish_json(data: bytes, usage: Usage, public_model: str, upstream_model: st
     return data
 
 
+def _delivered_text(choice: Any, pieces: list[str]) -> int:
+    """Append the generated text of one streamed choice to `pieces`; returns how many pieces it had."""
+    if not isinstance(choice, dict):
+        return 0
+    found = 0
+    text = choice.get("text")  # legacy completions
+    if isinstance(text, str) and text:
+        pieces.append(text)
+        found += 1
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        for name in ("content", "reasoning_content", "reasoning"):
+            value = delta.get(name)
+            if isinstance(value, str) and value:
+                pieces.append(value)
+                found += 1
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            for call in calls:
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    for part in (function.get("name"), function.get("arguments")):
+                        if isinstance(part, str) and part:
+                            pieces.append(part)
+                            found += 1
+    return found
+
+
 class StreamRelay:
-    """Turns upstream SSE bytes into the bytes to send on, tracking usage and completion tokens."""
+    """Turns upstream SSE bytes into the bytes to send on, counting what was delivered.
+
+    `completion_limit` is what admission reserved for the completion (all choices): an
+    event that would take the generated tokens past it is not relayed, and `cut` tells the
+    caller to stop the upstream (an engine that ignores `max_tokens` gets no free tokens).
+    """
 
     __slots__ = (
-        "_model_from",
-        "_model_to",
+        "_public",
         "_splitter",
-        "continuous_usage",
+        "client_continuous",
+        "completion_limit",
+        "cut",
         "done",
-        "generated",
         "include_usage",
+        "last_id",
+        "pieces",
+        "started",
+        "text_events",
         "usage",
     )
 
-    def __init__(self, include_usage: bool, public_model: str, continuous_usage: bool = False) -> None:
-        self._splitter = EventSplitter()
+    def __init__(
+        self,
+        public_model: str,
+        *,
+        include_usage: bool,
+        client_continuous: bool,
+        completion_limit: int,
+        max_event_bytes: int = 1 << 20,
+    ) -> None:
+        self._splitter = EventSplitter(max_event_bytes)
+        self._public = public_model
         self.include_usage = include_usage
-        self.continuous_usage = continuous_usage  # the client itself asked for usage in every event
+        self.client_continuous = client_continuous  # the client itself asked for usage in every event
+        self.completion_limit = completion_limit
         self.usage = Usage()
-        self.generated = 0  # events that carried generated text: a floor on completion tokens
+        self.pieces: list[str] = []  # the generated text delivered, for counting a stream cut short
+        self.text_events = 0  # choice deltas that carried text: a floor on completion tokens
         self.done = False
-        self._model_from = self._model_to = public_model.encode()
+        self.cut = False
+        self.started = False  # the response has started: what follows is delivered and charged
+        self.last_id: str | None = None
 
-    def upstream_model(self, public_model: str, upstream_model: str) -> None:
-        """Events name the model as the replica knows it; the client gets the name it asked for."""
-        if public_model != upstream_model:
-            self._model_from = b'"model":' + orjson.dumps(upstream_model)
-            self._model_to = b'"model":' + orjson.dumps(public_model)
-        else:
-            self._model_from = self._model_to = b""
+    def generated(self) -> int:
+        """Completion tokens delivered so far, as far as can be told without a tokenizer (a floor)."""
+        reported = self.usage.completion_tokens if self.usage.reported else 0
+        return max(reported, self.text_events)
 
     def feed(self, chunk: bytes) -> bytes:
+        """Raises `EventTooLarge` for an event over the size limit."""
         out = []
         for ev in self._splitter.feed(chunk):
+            if self.cut:
+                break
             payload = data_of(ev)
             if payload is None:
                 continue  # comments and keep-alives carry nothing for the client
@@ -121,39 +185,57 @@ class StreamRelay:
                 self.done = True
                 out.append(ev)
                 continue
-            if _USAGE_MARKERS[0] in payload or _USAGE_MARKERS[1] in payload:
-                try:
-                    parsed = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    parsed = None
-                if isinstance(parsed, dict):
-                    self.usage.absorb(parsed.get("usage"))
-                    if not parsed.get("choices"):  # the final usage event: only for clients that asked
-                        if self.include_usage:
-                            out.append(self._rename(event(payload)))
-                        continue
-                    if not self.continuous_usage:
-                        # Usage in every event was the gateway's request, not the client's.
-                        del parsed["usage"]
-                        ev = event(orjson.dumps(parsed))
-            if _carries_text(payload):
-                self.generated += 1
-            out.append(self._rename(ev))
+            relayed = self._relay_event(ev, payload)
+            if relayed:
+                out.append(relayed)
         return b"".join(out)
 
-    def _rename(self, ev: bytes) -> bytes:
-        if self._model_from:
-            return ev.replace(self._model_from, self._model_to, 1)
-        return ev
+    def _relay_event(self, ev: bytes, payload: bytes) -> bytes | None:
+        try:
+            parsed = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return ev  # not ours to judge: passed on as it came
+        if not isinstance(parsed, dict):
+            return ev
+        changed = False
+        if "model" in parsed and parsed["model"] != self._public:
+            parsed["model"] = self._public
+            changed = True
+        if isinstance(parsed.get("id"), str):
+            self.last_id = parsed["id"]
+        choices = parsed.get("choices")
+        if "usage" in parsed:
+            self.usage.absorb(parsed["usage"])
+            if self.usage.reported and self.usage.completion_tokens > self.completion_limit:
+                self.cut = True  # this event's tokens go past the reservation
+                return None
+            if not choices:  # the final usage event: only for clients that asked
+                return event(orjson.dumps(parsed)) if self.include_usage else None
+            if not self.client_continuous:
+                del parsed["usage"]  # usage in every event was the gateway's request, not the client's
+                changed = True
+        if isinstance(choices, list):
+            before_pieces = len(self.pieces)
+            found = sum(_delivered_text(choice, self.pieces) for choice in choices)
+            if found and self.text_events + found > self.completion_limit and not self.usage.reported:
+                del self.pieces[before_pieces:]
+                self.cut = True
+                return None
+            self.text_events += found
+        return event(orjson.dumps(parsed)) if changed else ev
 
-
-def _carries_text(payload: bytes) -> bool:
-    """Whether an event carries generated output (the role-only first chunk does not)."""
-    c0, c1, c2, c3 = _CONTENT_MARKERS
-    if not (c0 in payload or c1 in payload or c2 in payload or c3 in payload):
-        return False
-    e0, e1 = _EMPTY_CONTENT
-    return not (e0 in payload or e1 in payload)
+    def closing_events(self, completion_tokens: int, prompt_tokens: int) -> bytes:
+        """For a stream cut at the reservation: a last chunk saying why, and the usage if asked for."""
+        base: dict[str, Any] = {"id": self.last_id or "", "object": "chat.completion.chunk", "model": self._public}
+        out = [event(orjson.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}))]
+        if self.include_usage:
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+            out.append(event(orjson.dumps({**base, "choices": [], "usage": usage})))
+        return b"".join(out)
 
 
 async def read_error_body(response: UpstreamResponse, limit: int = 65536) -> bytes:

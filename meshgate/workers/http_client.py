@@ -37,6 +37,10 @@ class UpstreamClosed(UpstreamError):
     """The connection ended before the response was complete."""
 
 
+class UpstreamTooLarge(UpstreamError):
+    """The answer is larger than the caller's limit (the connection is dropped, not drained)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     host: str
@@ -103,9 +107,16 @@ class UpstreamResponse:
         self._conn.consumed(len(data))
         return data
 
-    async def read(self, timeout: float = 600.0) -> bytes:
+    async def read(self, timeout: float = 600.0, limit: int | None = None) -> bytes:
+        """The whole body within `timeout` seconds in all (a trickle cannot stretch it), at most `limit` bytes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         parts = []
-        while (chunk := await self.next_chunk(timeout)) is not None:
+        size = 0
+        while (chunk := await self.next_chunk(max(deadline - loop.time(), 0.0))) is not None:
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise UpstreamTooLarge(f"the upstream's answer is larger than {limit} bytes")
             parts.append(chunk)
         return b"".join(parts)
 
@@ -308,11 +319,13 @@ class HttpClient:
         path: bytes,
         body: bytes = b"",
         headers: list[tuple[bytes, bytes]] | tuple[()] = (),
+        timeout: float | None = None,
     ) -> UpstreamResponse:
-        """Send a request; returns once the status line and headers are in.
+        """Send a request; returns once the status line and headers are in (within `timeout` seconds).
 
         The caller must `close()` the response (after reading it or to abort it).
         """
+        timeout = self.response_timeout if timeout is None else timeout
         pool = self._pool(origin)
         head = b"".join(
             (
@@ -334,7 +347,7 @@ class HttpClient:
             if conn.closed:
                 continue
             try:
-                return await conn.send(head, body, self.response_timeout)
+                return await conn.send(head, body, timeout)
             except UpstreamClosed:
                 # A kept-alive connection the upstream had already closed: nothing was
                 # processed, so a fresh connection may carry the request.
@@ -342,7 +355,7 @@ class HttpClient:
                     raise
         conn = await pool.connect(self.connect_timeout)
         try:
-            return await conn.send(head, body, self.response_timeout)
+            return await conn.send(head, body, timeout)
         except UpstreamClosed as exc:
             if conn._got_bytes:
                 raise

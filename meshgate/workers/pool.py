@@ -76,11 +76,12 @@ class ReplicaSet:
         return tied[next(self._turn) % len(tied)]
 
     async def send(
-        self, client: HttpClient, path: bytes, encode: Callable[[Replica], bytes]
+        self, client: HttpClient, path: bytes, encode: Callable[[Replica], bytes], timeout: float | None = None
     ) -> tuple[Replica, UpstreamResponse]:
         """Send to the least loaded healthy replica; a failed connect moves on to the next one.
 
-        `encode` makes the request body for a replica (replicas may know the model by other names).
+        `encode` makes the request body for a replica (replicas may know the model by other names);
+        `timeout` bounds the wait for the response headers.
 
         The caller owns `replica.in_flight` (already incremented here) and must call `done()`.
         """
@@ -89,7 +90,9 @@ class ReplicaSet:
             tried.add(replica)
             replica.in_flight += 1
             try:
-                response = await client.request(b"POST", replica.origin, path, encode(replica), replica.headers)
+                response = await client.request(
+                    b"POST", replica.origin, path, encode(replica), replica.headers, timeout
+                )
             except UpstreamConnectError:
                 replica.in_flight -= 1
                 replica.connect_failed(time.monotonic())

@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeGuard
 import orjson
 
 from meshgate.workers.http_client import HttpClient, Origin, UpstreamConnectError, UpstreamResponse
-from meshgate.workers.pool import Replica
+from meshgate.workers.pool import Replica, ReplicaSet
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,6 @@ class PromptCounter(Protocol):
         """Tokens of each embeddings input, or None if any of them cannot be counted."""
         ...
 
-    async def count(self, body: dict[str, Any]) -> int | None:
-        """`count_chat(body).tokens`: kept until admission calls `count_chat`."""
-        ...
-
 
 def counter_for(
     client: HttpClient,
@@ -88,6 +84,35 @@ def counter_for(
     if engine_kind == "sentence-transformers":
         return None  # our embeddings worker has no tokenizer endpoint; its usage is exact anyway
     return TokenizeCounter(client, replica, catalog_context=catalog_context, timeout=timeout)
+
+
+class PoolCounter:
+    """Counts with the replica routing would pick now (the least loaded healthy one).
+
+    Replicas of one model share its tokenizer, so any of them gives the count; each replica's
+    counter is made on first use (replicas may join after the route was built).
+    """
+
+    def __init__(self, replicas: ReplicaSet, make: Callable[[Replica], PromptCounter | None]) -> None:
+        self._replicas = replicas
+        self._make = make
+        self._counters: dict[Replica, PromptCounter | None] = {}
+
+    def _counter(self) -> PromptCounter | None:
+        replica = self._replicas.pick()
+        if replica is None:
+            return None
+        if replica not in self._counters:
+            self._counters[replica] = self._make(replica)
+        return self._counters[replica]
+
+    async def count_chat(self, body: dict[str, Any]) -> Count | None:
+        counter = self._counter()
+        return await counter.count_chat(body) if counter is not None else None
+
+    async def count_texts(self, texts: list[str]) -> list[int] | None:
+        counter = self._counter()
+        return await counter.count_texts(texts) if counter is not None else None
 
 
 class TokenizeCounter:
@@ -150,10 +175,6 @@ class TokenizeCounter:
             return None if counted is None else counted.tokens
 
         return await _count_each(texts, one, self._timeout)
-
-    async def count(self, body: dict[str, Any]) -> int | None:
-        counted = await self.count_chat(body)
-        return None if counted is None else counted.tokens
 
     # -- one call, and what it teaches about the replica
 
@@ -268,10 +289,6 @@ class LlamaCppPromptCounter:
         if len(texts) > MAX_TEXTS or not self._replica.healthy:
             return None
         return await _count_each(texts, self._tokens, self._timeout)
-
-    async def count(self, body: dict[str, Any]) -> int | None:
-        counted = await self.count_chat(body)
-        return None if counted is None else counted.tokens
 
     async def _tokens(self, text: str) -> int | None:
         answer = await self._call(b"/tokenize", {"content": text, "add_special": True, "parse_special": True})

@@ -147,7 +147,7 @@ def test_zero_quota_is_429(gateway: LiveGateway, account: tuple[str, str]) -> No
     assert info.value.response.headers["x-ratelimit-limit-tokens"] == "0"
 
 
-def test_quota_exhaustion_429_with_headers(gateway: LiveGateway) -> None:
+def test_quota_exhaustion_429_with_headers(gateway: LiveGateway, fake_upstream: FakeUpstream) -> None:
     name, key = gateway.new_account()
     gateway.set_quota(name, key, LLAMA, "api", 200)
     client = gateway.client(key)
@@ -155,14 +155,16 @@ def test_quota_exhaustion_429_with_headers(gateway: LiveGateway) -> None:
     first = client.chat.completions.with_raw_response.create(model=LLAMA, messages=MESSAGES, max_tokens=50)
     assert first.parse().usage.total_tokens == 5 + 17  # type: ignore[union-attr]
     assert first.headers["x-ratelimit-remaining-tokens"] == str(200 - 22)
+    # 178 left: the engine counts the prompt as 5, so 5 + 174 does not fit (5 + 173 would)
     with pytest.raises(openai.RateLimitError) as info:
-        client.chat.completions.create(model=LLAMA, messages=MESSAGES, max_tokens=150)
+        client.chat.completions.create(model=LLAMA, messages=MESSAGES, max_tokens=174)
     assert info.value.code == "insufficient_quota" and info.value.type == "insufficient_quota"
     headers = info.value.response.headers
     assert headers["x-ratelimit-limit-tokens"] == "200" and headers["x-ratelimit-remaining-tokens"] == "178"
     assert gateway.window(key, LLAMA)["used"] == 22  # the refused request charged nothing
-    # without max_tokens the request may generate what is left of the quota: 178 - 86 = 92 tokens
+    # without max_tokens the request may generate what is left of the quota, by the engine's count
     assert client.chat.completions.create(model=LLAMA, messages=MESSAGES).usage.completion_tokens == 17  # type: ignore[union-attr]
+    assert fake_upstream.stats()["last_body"]["max_tokens"] == 178 - 5  # type: ignore[index]
     window = gateway.window(key, LLAMA)
     assert (window["used"], window["reserved"]) == (44, 0)
 
@@ -216,14 +218,14 @@ def test_n_choices_reserve_n_completions(gateway: LiveGateway, fake_upstream: Fa
     name, key = gateway.new_account()
     gateway.set_quota(name, key, LLAMA, "api", 200)
     client = gateway.client(key)
-    # the prompt bound (86) plus 2 x 60 completion tokens does not fit in 200; 1 x 60 does
+    # the prompt (5, by the engine's count) plus 2 x 98 completion tokens does not fit in 200; 1 x 98 does
     with pytest.raises(openai.RateLimitError):
-        client.chat.completions.create(model=LLAMA, messages=MESSAGES, max_tokens=60, n=2)
-    assert client.chat.completions.create(model=LLAMA, messages=MESSAGES, max_tokens=60).usage.total_tokens == 22  # type: ignore[union-attr]
-    # without max_tokens, each of the choices may use an equal share of what is left: (178 - 86) // 2
+        client.chat.completions.create(model=LLAMA, messages=MESSAGES, max_tokens=98, n=2)
+    assert client.chat.completions.create(model=LLAMA, messages=MESSAGES, max_tokens=98).usage.total_tokens == 22  # type: ignore[union-attr]
+    # without max_tokens, each of the choices may use an equal share of what is left: (178 - 5) // 2
     client.chat.completions.create(model=LLAMA, messages=MESSAGES, n=2)
     sent = fake_upstream.stats()["last_body"]
-    assert isinstance(sent, dict) and sent["max_tokens"] == 46 and sent["n"] == 2
+    assert isinstance(sent, dict) and sent["max_tokens"] == 86 and sent["n"] == 2
 
 
 def test_disabled_account_is_refused_within_5_seconds(gateway: LiveGateway) -> None:

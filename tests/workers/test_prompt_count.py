@@ -102,7 +102,6 @@ async def test_chat_count_equals_the_usage_the_engine_reports(
         "messages": BODY["messages"],
         "add_generation_prompt": True,
     }
-    assert await counter.count(BODY) == BODY_TOKENS  # the older entry point, kept for admission
 
 
 async def test_template_fields_and_tools_go_to_the_engine(fake_upstream: FakeUpstream, client: CountingClient) -> None:
@@ -263,7 +262,7 @@ async def test_llama_cpp_counter_without_its_endpoints_gives_none(
 ) -> None:
     counter = LlamaCppPromptCounter(client, replica_of(fake_upstream))
     assert await counter.count_chat(BODY) is None  # the fake engine answers 404 to /apply-template
-    assert await counter.count(BODY) is None
+    assert await counter.count_chat(BODY) is None
     assert await counter.count_texts(["a b"]) is None  # and 400 to llama.cpp's `content` shape
     assert await counter.count_texts([]) == []
 

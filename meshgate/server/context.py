@@ -1,0 +1,33 @@
+"""One request's facts, gathered by its handler and handed to serving as a single object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from meshgate.server.admission import Admission
+from meshgate.server.auth import Principal
+from meshgate.server.state import ModelRoute
+
+
+@dataclass(slots=True)
+class StreamOptions:
+    include_usage: bool  # the client asked for the final usage event
+    client_continuous: bool  # the client asked for usage in every event (vLLM's continuous_usage_stats)
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    principal: Principal
+    route: ModelRoute
+    upstream_path: bytes  # e.g. b"/chat/completions", under the replica's base URL
+    body: dict[str, Any]  # what goes upstream (the model renamed per replica when sent)
+    admission: Admission
+    choices: int = 1
+    stream: StreamOptions | None = None  # None: a plain JSON answer
+
+    @property
+    def completion_limit(self) -> int:
+        """Completion tokens the request may be charged for at most: what admission reserved for them."""
+        return max(self.admission.reservation.amount - self.admission.prompt_estimate, 0)
