@@ -36,6 +36,7 @@ class Admission:
     reservation: Reservation
     prompt_estimate: int  # prompt tokens as the gateway counted them (a bound without a tokenizer)
     max_tokens: int | None  # completion tokens per choice the upstream may generate (None for embeddings)
+    exact: bool = False  # prompt_estimate is the engine's own count
 
 
 @dataclass(slots=True)
@@ -190,7 +191,7 @@ class Admitter:
             raise self._quota_error(key, limit, grant.remaining, minimum, grant, principal, budget)
         if max_tokens is None:
             max_tokens = max(min((grant.amount - prompt) // n, context - prompt), 1)
-        return Admission(grant.reservation, prompt, max_tokens)
+        return Admission(grant.reservation, prompt, max_tokens, exact)
 
     async def admit_tokens(
         self,
@@ -208,7 +209,7 @@ class Admitter:
         budget = key_budget(principal)
         if limit == 0:
             raise self._quota_error(key, limit, 0, demand.prompt_floor)
-        tokens = demand.prompt_bound
+        tokens, exact = demand.prompt_bound, demand.exact
         grant = await self.ledger.reserve(request_id, key, limit, tokens, tokens, principal.key_id, budget)
         could_fit = grant.remaining >= demand.prompt_floor
         if grant.reservation is None and not demand.exact and count is not None and could_fit:
@@ -217,7 +218,7 @@ class Admitter:
                 grant = await self.ledger.reserve(request_id, key, limit, tokens, tokens, principal.key_id, budget)
         if grant.reservation is None:
             raise self._quota_error(key, limit, grant.remaining, tokens, grant, principal, budget)
-        return Admission(grant.reservation, tokens, None)
+        return Admission(grant.reservation, tokens, None, demand.exact or exact)
 
     def _quota_error(
         self,

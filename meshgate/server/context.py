@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from meshgate.server.admission import Admission
+from meshgate.server.admission import Admission, Counter
 from meshgate.server.auth import Principal
 from meshgate.server.state import ModelRoute
 
@@ -26,6 +26,7 @@ class RequestContext:
     admission: Admission
     choices: int = 1
     stream: StreamOptions | None = None  # None: a plain JSON answer
+    count_prompt: Counter | None = None  # the engine's exact prompt count, for charging a request cut short
 
     @property
     def completion_limit(self) -> int:

@@ -66,8 +66,9 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
     body = request.body
     bound = chat_prompt_bound(body)
     demand = Demand(bound, prompt_floor(bound, len(body["messages"])), request.max_tokens, request.n)
+    count = _chat_counter(route, body)
     admission = await gw.admitter.admit_chat(
-        request_id, principal, route.spec, "api", demand, _chat_counter(route, body), route.context_length
+        request_id, principal, route.spec, "api", demand, count, route.context_length
     )
     # The engine may generate what was reserved and no more; every engine knows `max_tokens`.
     body.pop("max_completion_tokens", None)
@@ -81,7 +82,7 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
         options["include_usage"] = True
         options["continuous_usage_stats"] = True
         body["stream_options"] = options
-    ctx = RequestContext(request_id, principal, route, b"/chat/completions", body, admission, request.n, stream)
+    ctx = RequestContext(request_id, principal, route, b"/chat/completions", body, admission, request.n, stream, count)
     await serve(gw, ctx, receive, send)
 
 
@@ -130,10 +131,9 @@ async def embeddings(gw: Gateway, scope: Scope, receive: Receive, send: Send) ->
     exact = all(isinstance(item, list) for item in inputs)
     demand = Demand(bound, bound if exact else prompt_floor(bound, 0), exact=exact)
     request_id = new_request_id("embd-")
-    admission = await gw.admitter.admit_tokens(
-        request_id, principal, route.spec, "embeddings", demand, _texts_counter(route, inputs)
-    )
-    ctx = RequestContext(request_id, principal, route, b"/embeddings", request.body, admission)
+    count = _texts_counter(route, inputs)
+    admission = await gw.admitter.admit_tokens(request_id, principal, route.spec, "embeddings", demand, count)
+    ctx = RequestContext(request_id, principal, route, b"/embeddings", request.body, admission, count_prompt=count)
     await serve(gw, ctx, receive, send)
 
 

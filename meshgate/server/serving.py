@@ -61,8 +61,9 @@ async def serve(gw: Gateway, ctx: RequestContext, receive: Receive, send: Send) 
     watch.stop()
     if watch.gone and charge.outcome == "upstream_error":
         # The client left before anything was delivered: the engine processed the prompt, no more.
-        charge.set(ctx.admission.prompt_estimate, 0, "client_disconnect")
+        charge.set(await _prompt_charge(ctx), 0, "client_disconnect")
     if relay is not None and relay.started and not relay.usage.reported:
+        charge.prompt = await _prompt_charge(ctx)
         charge.completion = await _count_delivered(ctx, relay)
     await gw.ledger.settle(ctx.admission.reservation, charge.prompt, charge.completion, charge.outcome)
     if watch.gone:
@@ -205,7 +206,7 @@ async def _stream(
         if usage.reported:
             charge.set(usage.prompt_tokens, max(usage.completion_tokens, relay.text_events), outcome)
         else:
-            charge.set(ctx.admission.prompt_estimate, relay.text_events, outcome)
+            charge.set(ctx.admission.prompt_estimate, relay.text_events, outcome)  # refined in `serve`
     if usage.invalid:
         log.error("upstream %s reported invalid usage in a stream; counted by content", replica.spec.url)
 
@@ -218,6 +219,15 @@ def _error_event(exc: BaseException) -> bytes:
     else:
         message, code = f"the model's upstream failed: {exc}", "upstream_error"
     return event(orjson.dumps({"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}))
+
+
+async def _prompt_charge(ctx: RequestContext) -> int:
+    """The prompt's tokens for a request the engine reported nothing for: its own count where it can."""
+    admission = ctx.admission
+    if admission.exact or ctx.count_prompt is None:
+        return admission.prompt_estimate
+    counted = await ctx.count_prompt()
+    return admission.prompt_estimate if counted is None else min(counted, admission.prompt_estimate)
 
 
 async def _count_delivered(ctx: RequestContext, relay: StreamRelay) -> int:

@@ -4,7 +4,14 @@ Each request may carry a `mock` object (the gateway passes unknown fields throug
 steer it: {"delay_ms": per-token delay, "status": answer with this error status,
 "hang": never answer, "drop_after": close the connection after N stream events,
 "no_usage": leave usage out}. The answer is the words of `REPLY`, one token each,
-cut at max_tokens. Prompt tokens are the words of all messages plus 4 per message.
+cut at max_tokens. Misbehaviours, for fault tests: "ignore_max_tokens": N (generate N
+tokens whatever max_tokens says), "words_per_event": K (K tokens per stream event),
+"no_continuous": true (no running usage in events, like llama.cpp or TGI), "spaced":
+true (events spelled with spaces, `"content": "..."`), "stall_after": N (silence after N
+content events), "trickle_ms": T (a plain answer one byte every T ms), "huge_json_mb": M,
+"huge_event_mb": M (an SSE event of M MB that never ends), "bad_usage": V (V as the
+completion token count). A plain request whose client leaves while the fake works on it
+(delay_ms, hang) counts as `cancelled`. Prompt tokens are the words of all messages plus 4 per message.
 `GET /mock/stats` tells what the engine saw, including streams cancelled by the client.
 
 `POST /tokenize` at the root counts like vLLM's: `{"messages"}` exactly as the chat usage,
@@ -21,6 +28,7 @@ import argparse
 import asyncio
 import base64
 import hashlib
+import json
 import struct
 import time
 from typing import Any
@@ -101,14 +109,15 @@ class FakeEngine:
         try:
             mock = request.get("mock") or {}
             if mock.get("hang"):
-                await asyncio.sleep(3600)
+                await self._until_gone(receive, 3600)
+                return
             if "status" in mock:
                 error = {"error": {"message": f"mock failure {mock['status']}", "type": "mock", "code": None}}
                 return await self._json(send, int(mock["status"]), error)
             if path == "/v1/chat/completions":
                 if request.get("stream"):
                     return await self._stream(request, mock, receive, send)
-                return await self._chat(request, mock, send)
+                return await self._chat(request, mock, receive, send)
             if path == "/v1/embeddings":
                 return await self._embeddings(request, send)
             await self._json(send, 404, {"error": {"message": "not found", "type": "not_found"}})
@@ -149,13 +158,27 @@ class FakeEngine:
         # vLLM's field order: the count comes before the (possibly huge) token ids.
         await self._json(send, 200, {"count": count, "max_model_len": self.max_model_len, "tokens": list(range(count))})
 
-    def _tokens(self, request: dict[str, Any]) -> list[str]:
+    async def _until_gone(self, receive: Any, seconds: float) -> bool:
+        """Wait up to `seconds` for the client to hang up; True (and counted as cancelled) if it did."""
+        try:
+            await asyncio.wait_for(receive(), seconds)
+        except TimeoutError:
+            return False
+        self.stats["cancelled"] += 1
+        return True
+
+    @staticmethod
+    def _tokens(request: dict[str, Any], mock: dict[str, Any]) -> list[str]:
+        if mock.get("ignore_max_tokens"):
+            return [REPLY[i % len(REPLY)] for i in range(int(mock["ignore_max_tokens"]))]
         limit = request.get("max_tokens") or request.get("max_completion_tokens") or len(REPLY)
         return REPLY[: min(limit, len(REPLY))]
 
-    async def _chat(self, request: dict[str, Any], mock: dict[str, Any], send: Any) -> None:
-        tokens = self._tokens(request)
-        await asyncio.sleep(mock.get("delay_ms", 0) * len(tokens) / 1000)
+    async def _chat(self, request: dict[str, Any], mock: dict[str, Any], receive: Any, send: Any) -> None:
+        tokens = self._tokens(request, mock)
+        delay = mock.get("delay_ms", 0) * len(tokens) / 1000
+        if delay and await self._until_gone(receive, delay):
+            return
         prompt = prompt_tokens(request["messages"])
         n = request.get("n") or 1
         answer: dict[str, Any] = {
@@ -183,14 +206,30 @@ class FakeEngine:
         }
         if mock.get("no_usage"):
             del answer["usage"]
+        elif "bad_usage" in mock:
+            answer["usage"]["completion_tokens"] = mock["bad_usage"]
+        if mock.get("huge_json_mb"):
+            answer["padding"] = "x" * int(mock["huge_json_mb"] * 1024 * 1024)
         self.stats["completed"] += 1
+        if mock.get("trickle_ms"):
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
+            for byte in orjson.dumps(answer):
+                if await self._until_gone(receive, mock["trickle_ms"] / 1000):
+                    return
+                await send({"type": "http.response.body", "body": bytes([byte]), "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         await self._json(send, 200, answer)
 
     async def _stream(self, request: dict[str, Any], mock: dict[str, Any], receive: Any, send: Any) -> None:
-        tokens = self._tokens(request)
+        tokens = self._tokens(request, mock)
         prompt = prompt_tokens(request["messages"])
         options = request.get("stream_options") or {}
-        continuous = bool(options.get("continuous_usage_stats"))
+        continuous = bool(options.get("continuous_usage_stats")) and not mock.get("no_continuous")
+        per_event = int(mock.get("words_per_event", 1))
+        encode = (lambda value: json.dumps(value).encode()) if mock.get("spaced") else orjson.dumps
         gone = asyncio.ensure_future(receive())  # http.disconnect when the client hangs up
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
 
@@ -208,12 +247,21 @@ class FakeEngine:
                     "completion_tokens": generated,
                     "total_tokens": prompt + generated,
                 }
-            return b"data: " + orjson.dumps(payload) + b"\n\n"
+            return b"data: " + encode(payload) + b"\n\n"
 
         events = [chunk({"role": "assistant", "content": ""}, None, 0)]
         await send({"type": "http.response.body", "body": events[0], "more_body": True})
+        if mock.get("huge_event_mb"):
+            piece = b"data: " + b"x" * 65535
+            for _ in range(int(mock["huge_event_mb"] * 16)):
+                if gone.done():
+                    self.stats["cancelled"] += 1
+                    return
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await gone
+            return
         delay = mock.get("delay_ms", 0) / 1000
-        for i, token in enumerate(tokens):
+        for i in range(0, len(tokens), per_event):
             if delay:
                 await asyncio.sleep(delay)
             if gone.done():
@@ -221,8 +269,16 @@ class FakeEngine:
                 return
             if mock.get("drop_after") is not None and i >= mock["drop_after"]:
                 raise RuntimeError("mock: dropping the connection mid-stream")
-            text = token if i == 0 else " " + token
-            await send({"type": "http.response.body", "body": chunk({"content": text}, None, i + 1), "more_body": True})
+            if mock.get("stall_after") is not None and i >= mock["stall_after"] * per_event:
+                await gone
+                self.stats["cancelled"] += 1
+                return
+            text = " ".join(tokens[i : i + per_event])
+            text = text if i == 0 else " " + text
+            generated = min(i + per_event, len(tokens))
+            await send(
+                {"type": "http.response.body", "body": chunk({"content": text}, None, generated), "more_body": True}
+            )
         finish = "length" if len(tokens) < len(REPLY) else "stop"
         await send({"type": "http.response.body", "body": chunk({}, finish, len(tokens)), "more_body": True})
         if options.get("include_usage") and not mock.get("no_usage"):
