@@ -205,10 +205,15 @@ class StreamRelay:
             self.last_id = parsed["id"]
         choices = parsed.get("choices")
         if "usage" in parsed:
-            self.usage.absorb(parsed["usage"])
-            if self.usage.reported and self.usage.completion_tokens > self.completion_limit:
-                self.cut = True  # this event's tokens go past the reservation
-                return None
+            usage = Usage()
+            usage.absorb(parsed["usage"])
+            if usage.reported:
+                if usage.completion_tokens > self.completion_limit:
+                    self.cut = True  # this event's tokens go past the reservation: not delivered, not counted
+                    return None
+                self.usage = usage
+            elif usage.invalid:
+                self.usage.invalid = True
             if not choices:  # the final usage event: only for clients that asked
                 return event(orjson.dumps(parsed)) if self.include_usage else None
             if not self.client_continuous:

@@ -240,7 +240,7 @@ async def _count_delivered(ctx: RequestContext, relay: StreamRelay) -> int:
         return relay.text_events
     text = "".join(relay.pieces)
     counter = ctx.route.prompt_counter
-    counted = await counter.count_texts([text]) if counter is not None else None
+    counted = await counter.count_texts([text], special=False) if counter is not None else None
     if counted:
         return max(counted[0], relay.text_events)
     return max(text_bound(text), relay.text_events)

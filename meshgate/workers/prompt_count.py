@@ -61,8 +61,12 @@ class PromptCounter(Protocol):
         """The chat prompt's tokens as the model will see them, or None if they cannot be counted."""
         ...
 
-    async def count_texts(self, texts: list[str]) -> list[int] | None:
-        """Tokens of each embeddings input, or None if any of them cannot be counted."""
+    async def count_texts(self, texts: list[str], special: bool = True) -> list[int] | None:
+        """Tokens of each text, or None if any of them cannot be counted.
+
+        `special`: with the special tokens an input gets (BOS/EOS: embeddings inputs); without
+        them for generated text (a completion's tokens).
+        """
         ...
 
 
@@ -110,9 +114,9 @@ class PoolCounter:
         counter = self._counter()
         return await counter.count_chat(body) if counter is not None else None
 
-    async def count_texts(self, texts: list[str]) -> list[int] | None:
+    async def count_texts(self, texts: list[str], special: bool = True) -> list[int] | None:
         counter = self._counter()
-        return await counter.count_texts(texts) if counter is not None else None
+        return await counter.count_texts(texts, special) if counter is not None else None
 
 
 class TokenizeCounter:
@@ -162,7 +166,7 @@ class TokenizeCounter:
                 payload[key] = body[key]
         return await self._tokenize("chat", payload)
 
-    async def count_texts(self, texts: list[str]) -> list[int] | None:
+    async def count_texts(self, texts: list[str], special: bool = True) -> list[int] | None:
         if not texts:
             return []
         if len(texts) > MAX_TEXTS or not self._may_ask("prompt"):
@@ -171,7 +175,8 @@ class TokenizeCounter:
 
         async def one(text: str) -> int | None:
             # add_special_tokens defaults to True for a prompt: BOS/EOS as an embedding request adds them.
-            counted = await self._tokenize("prompt", {"model": model, "prompt": text})
+            payload = {"model": model, "prompt": text, "add_special_tokens": special}
+            counted = await self._tokenize("prompt", payload)
             return None if counted is None else counted.tokens
 
         return await _count_each(texts, one, self._timeout)
@@ -283,15 +288,19 @@ class LlamaCppPromptCounter:
         tokens = await self._tokens(prompt)
         return None if tokens is None else Count(tokens)
 
-    async def count_texts(self, texts: list[str]) -> list[int] | None:
+    async def count_texts(self, texts: list[str], special: bool = True) -> list[int] | None:
         if not texts:
             return []
         if len(texts) > MAX_TEXTS or not self._replica.healthy:
             return None
-        return await _count_each(texts, self._tokens, self._timeout)
 
-    async def _tokens(self, text: str) -> int | None:
-        answer = await self._call(b"/tokenize", {"content": text, "add_special": True, "parse_special": True})
+        async def one(text: str) -> int | None:
+            return await self._tokens(text, special)
+
+        return await _count_each(texts, one, self._timeout)
+
+    async def _tokens(self, text: str, special: bool = True) -> int | None:
+        answer = await self._call(b"/tokenize", {"content": text, "add_special": special, "parse_special": special})
         tokens = answer.get("tokens") if answer else None
         return len(tokens) if isinstance(tokens, list) else None
 

@@ -151,7 +151,8 @@ class FakeEngine:
         if isinstance(messages, list):
             count = prompt_tokens(messages)
         elif isinstance(request.get("prompt"), str):
-            count = len(request["prompt"].split()) + 2
+            special = request.get("add_special_tokens", True)
+            count = len(request["prompt"].split()) + (2 if special else 0)
         else:
             error = {"error": {"message": "either messages or prompt is required", "type": "BadRequestError"}}
             return await self._json(send, 400, error)
