@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 from meshgate.catalog.spec import BUCKETS
-from meshgate.catalog.tokens import chat_prompt_bound, embedding_input_bound, prompt_floor
-from meshgate.protocol.errors import invalid_request, model_not_found
+from meshgate.catalog.tokens import MAX_BYTES_PER_TOKEN, chat_prompt_bound, embedding_input_bound, prompt_floor
+from meshgate.protocol.errors import ApiError, invalid_request, model_not_found
 from meshgate.protocol.models import model_card
 from meshgate.protocol.requests import parse_chat, parse_embeddings
 from meshgate.quota.ledger import WindowKey
@@ -127,6 +127,7 @@ async def embeddings(gw: Gateway, scope: Scope, receive: Receive, send: Send) ->
     request = parse_embeddings(parse_json(await read_body(scope, receive, gw.settings.max_body_bytes)))
     route = gw.route_for(request.model, "embedding")
     inputs = request.inputs
+    _check_input_sizes(inputs, route.context_length)
     bound = min(embedding_input_bound(inputs), route.context_length * len(inputs))
     exact = all(isinstance(item, list) for item in inputs)
     demand = Demand(bound, bound if exact else prompt_floor(bound, 0), exact=exact)
@@ -135,6 +136,23 @@ async def embeddings(gw: Gateway, scope: Scope, receive: Receive, send: Send) ->
     admission = await gw.admitter.admit_tokens(request_id, principal, route.spec, "embeddings", demand, count)
     ctx = RequestContext(request_id, principal, route, b"/embeddings", request.body, admission, count_prompt=count)
     await serve(gw, ctx, receive, send)
+
+
+def _check_input_sizes(inputs: list[str] | list[list[int]], context: int) -> None:
+    """An input surely longer than the model reads is refused before any engine sees it (as OpenAI does)."""
+    limit = context * MAX_BYTES_PER_TOKEN
+    for i, item in enumerate(inputs):
+        if isinstance(item, list):
+            too_long = len(item) > context
+        else:  # characters never outnumber bytes: a huge string is refused before it is encoded
+            too_long = len(item) > limit or len(item.encode()) // MAX_BYTES_PER_TOKEN >= context
+        if too_long:
+            raise ApiError(
+                400,
+                f"input[{i}] is longer than this model's maximum context length of {context} tokens.",
+                code="context_length_exceeded",
+                param="input",
+            )
 
 
 # ---------------------------------------------------------------- usage

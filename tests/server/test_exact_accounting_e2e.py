@@ -308,3 +308,38 @@ def test_a_scoped_key_under_50_way_concurrency_overspends_neither_budget_nor_acc
     assert usage["key"]["budget"]["used"] == sum(charged) and usage["key"]["budget"]["reserved"] == 0  # type: ignore[index]
     assert usage["key"]["budget"]["limit"] == budget  # type: ignore[index]
     assert sum(p + c for p, c, _ in history(live, name)) == sum(charged)
+
+
+# ---------------------------------------------------------------- counting costs nothing before the quota says yes
+
+
+def test_a_huge_prompt_is_refused_without_asking_the_engine_to_count(
+    live: LiveGateway, fake_upstream: FakeUpstream
+) -> None:
+    name, key = live.new_account()
+    stats = fake_upstream.stats()
+    huge = [{"role": "user", "content": "word " * (7 * 1024 * 1024 // 5)}]  # 7 MiB
+    with pytest.raises(openai.BadRequestError) as context:  # 7 MiB / 32 bytes per token > 128k surely
+        live.client(key).chat.completions.create(model=LLAMA, messages=huge, max_tokens=5)  # type: ignore[arg-type]
+    assert context.value.code == "context_length_exceeded"
+    live.set_quota(name, key, LLAMA, "api", 100)
+    big = [{"role": "user", "content": "word " * 20_000}]  # 100 kB: at least 3,125 tokens > 100
+    with pytest.raises(openai.RateLimitError):
+        live.client(key).chat.completions.create(model=LLAMA, messages=big, max_tokens=5)  # type: ignore[arg-type]
+    live.set_quota(name, key, LLAMA, "api", 0)
+    with pytest.raises(openai.RateLimitError):
+        live.client(key).chat.completions.create(model=LLAMA, messages=big, max_tokens=5)  # type: ignore[arg-type]
+    after = fake_upstream.stats()
+    assert (after["tokenize_calls"], after["requests"]) == (stats["tokenize_calls"], stats["requests"])
+
+
+def test_an_embedding_input_surely_over_the_context_is_refused_up_front(
+    gateway: LiveGateway, fake_upstream: FakeUpstream, account: tuple[str, str]
+) -> None:
+    requests = fake_upstream.stats()["requests"]
+    with pytest.raises(openai.BadRequestError) as info:  # 3 MiB for a 4096-token model
+        gateway.client(account[1]).embeddings.create(
+            model="BAAI/bge-multilingual-gemma2", input=["ok", "x" * (3 << 20)]
+        )
+    assert info.value.code == "context_length_exceeded" and "input[1]" in info.value.message
+    assert fake_upstream.stats()["requests"] == requests
