@@ -11,7 +11,7 @@ from meshgate.catalog.loader import CatalogError, load_catalog_file, parse_catal
 from meshgate.catalog.presets import io_intelligence_models, local_default_models
 from meshgate.catalog.toml_out import catalog_toml
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "io-intelligence-quotas-2025.txt"
+REFERENCE = Path(__file__).parent / "data" / "io-intelligence-quotas-2025.txt"  # a copy of shared/reference's table
 
 EXAMPLE = """
 [[models]]
