@@ -30,6 +30,7 @@ lint: deps
 	$(BIN)/ruff check meshgate tests bench
 	$(BIN)/ruff format --check meshgate tests bench
 	$(BIN)/mypy meshgate
+	$(BIN)/lint-imports
 
 test: deps lint
 	$(BIN)/pytest -q
