@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from meshgate.catalog.tokens import text_bound
-from meshgate.protocol.errors import ApiError, upstream_error
+from meshgate.protocol.errors import ApiError, error_body, upstream_error
 from meshgate.protocol.sse import DONE, EventTooLarge, event
 from meshgate.server.context import RequestContext
 from meshgate.server.hangup import HangUpWatch
@@ -68,6 +68,13 @@ async def serve(gw: Gateway, ctx: RequestContext, receive: Receive, send: Send) 
     await gw.ledger.settle(ctx.admission.reservation, charge.prompt, charge.completion, charge.outcome)
     if watch.gone:
         raise ClientGone()
+    if failure is not None and relay is not None and relay.started:
+        # The stream's headers are out: an error can no longer be a status, only a clean close.
+        if not isinstance(failure, Exception):
+            raise failure
+        log.error("stream %s failed after it started", ctx.request_id, exc_info=failure)
+        await send({"type": "http.response.body", "body": _error_event(failure), "more_body": False})
+        return
     if failure is not None:
         raise _as_api_error(failure) from None
     if answer is not None:
@@ -216,8 +223,10 @@ def _error_event(exc: BaseException) -> bytes:
         message, code = "the model's upstream timed out", "upstream_timeout"
     elif isinstance(exc, EventTooLarge):
         message, code = str(exc), "upstream_error"
-    else:
+    elif isinstance(exc, UpstreamError):
         message, code = f"the model's upstream failed: {exc}", "upstream_error"
+    else:  # the gateway's own fault: no internals in the answer (the log has them)
+        return event(error_body("internal error in the gateway", "server_error", "internal_error"))
     return event(orjson.dumps({"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}))
 
 
