@@ -142,10 +142,10 @@ def _check_input_sizes(inputs: list[str] | list[list[int]], context: int) -> Non
     """An input surely longer than the model reads is refused before any engine sees it (as OpenAI does)."""
     limit = context * MAX_BYTES_PER_TOKEN
     for i, item in enumerate(inputs):
-        if isinstance(item, list):
-            too_long = len(item) > context
-        else:  # characters never outnumber bytes: a huge string is refused before it is encoded
+        if isinstance(item, str):  # characters never outnumber bytes: a huge string is refused before encoding
             too_long = len(item) > limit or len(item.encode()) // MAX_BYTES_PER_TOKEN >= context
+        else:
+            too_long = len(item) > context
         if too_long:
             raise ApiError(
                 400,
