@@ -21,6 +21,10 @@ class Settings:
     stream_max_seconds: float = 3600.0  # a whole stream, however lively
     max_upstream_answer_bytes: int = 64 * 1024 * 1024  # a plain answer read from an engine
     max_event_bytes: int = 1024 * 1024  # one SSE event from an engine
+    max_head_bytes: int = 64 * 1024  # a request line and headers; larger get 431
+    head_timeout: float = 10.0  # for a request head to arrive, from connect or its first byte
+    body_timeout: float = 30.0  # for a request body to arrive, from the end of its head; then 408
+    max_connections: int = 4096  # client connections served at once; idle ones make way for new ones
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -47,6 +51,10 @@ def load_settings(**overrides: object) -> Settings:
         "stream_max_seconds": float(env.get("MESHGATE_STREAM_MAX_SECONDS", "3600")),
         "max_upstream_answer_bytes": int(env.get("MESHGATE_MAX_UPSTREAM_ANSWER_BYTES", str(64 * 1024 * 1024))),
         "max_event_bytes": int(env.get("MESHGATE_MAX_EVENT_BYTES", str(1024 * 1024))),
+        "max_head_bytes": int(env.get("MESHGATE_MAX_HEAD_BYTES", str(64 * 1024))),
+        "head_timeout": float(env.get("MESHGATE_HEAD_TIMEOUT", "10")),
+        "body_timeout": float(env.get("MESHGATE_BODY_TIMEOUT", "30")),
+        "max_connections": int(env.get("MESHGATE_MAX_CONNECTIONS", "4096")),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]

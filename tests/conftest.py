@@ -171,7 +171,10 @@ class LiveGateway:
             time.sleep(0.05)
 
 
-def start_gateway(home: Path, catalog: str, extra_env: dict[str, str] | None = None) -> LiveGateway:
+def start_gateway(
+    home: Path, catalog: str, extra_env: dict[str, str] | None = None, max_open_files: int | None = None
+) -> LiveGateway:
+    """A live `meshgate serve`; `max_open_files` sets its RLIMIT_NOFILE (soft and hard)."""
     home.mkdir(parents=True, exist_ok=True)
     config = home / "catalog.toml"
     config.write_text(catalog)
@@ -187,10 +190,21 @@ def start_gateway(home: Path, catalog: str, extra_env: dict[str, str] | None = N
     gateway = LiveGateway(home, port, env=env)
     log = open(home / "serve.log", "ab")  # noqa: SIM115 - the process writes to it until it stops
     gateway.process = subprocess.Popen(
-        [*MESHGATE, "serve", "--config", str(config), "--port", str(port)], env=env, cwd=ROOT, stdout=log, stderr=log
+        [*MESHGATE, "serve", "--config", str(config), "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
+        preexec_fn=None if max_open_files is None else lambda: _limit_open_files(max_open_files),
     )
     wait_http(f"http://127.0.0.1:{port}/health", process=gateway.process)
     return gateway
+
+
+def _limit_open_files(limit: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 
 @pytest.fixture(scope="session")

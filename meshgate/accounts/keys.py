@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 KEY_PREFIX = "mg-"
 _ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
+_ID_LENGTH = 10
+_SECRET_BYTES = 24  # token_urlsafe(24): 32 characters of the URL-safe base64 alphabet
+KEY_LENGTH = len(KEY_PREFIX) + _ID_LENGTH + 1 + _SECRET_BYTES * 4 // 3
+_KEY_SHAPE = re.compile(rf"{KEY_PREFIX}([{_ID_ALPHABET}]{{{_ID_LENGTH}}})-[A-Za-z0-9_-]{{{_SECRET_BYTES * 4 // 3}}}")
 
 
 def new_key() -> tuple[str, str, str]:
     """A fresh key: (key_id, full secret to show once, hash to store)."""
-    key_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(10))
-    secret = f"{KEY_PREFIX}{key_id}-{secrets.token_urlsafe(24)}"
+    key_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
+    secret = f"{KEY_PREFIX}{key_id}-{secrets.token_urlsafe(_SECRET_BYTES)}"
     return key_id, secret, hash_key(secret)
 
 
@@ -28,13 +33,15 @@ def hash_key(secret: str) -> str:
 
 
 def key_id_of(secret: str) -> str | None:
-    """The id part of a presented key, or None if it is not shaped like one of ours."""
-    if not secret.startswith(KEY_PREFIX):
+    """The id part of a presented key, or None if it is not shaped exactly like one of ours.
+
+    Anything else is refused before any lookup or cache entry: the length check first,
+    so a megabyte of junk costs no more than a well-formed key.
+    """
+    if len(secret) != KEY_LENGTH:
         return None
-    key_id, sep, rest = secret[len(KEY_PREFIX) :].partition("-")
-    if not sep or not rest or not key_id:
-        return None
-    return key_id
+    match = _KEY_SHAPE.fullmatch(secret)
+    return match.group(1) if match else None
 
 
 def matches(secret: str, stored_hash: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from meshgate.accounts.service import AccountStore
 from meshgate.catalog.loader import load_catalog_file
 from meshgate.catalog.presets import local_default_models
 from meshgate.catalog.spec import ModelSpec
+from meshgate.cli.home import prepare_home, write_secret
 from meshgate.config import Settings, load_settings
 from meshgate.server.app import App
 from meshgate.server.state import Gateway
@@ -24,6 +26,7 @@ def serve(settings: Settings, *, config: str | None, host: str | None, port: int
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(host=host, port=port) if (host or port) else settings
     models = load_catalog_file(config) if config else local_default_models()
+    prepare_home(settings)
     migrate(settings.database_url)
     app = Gateway(settings, models)
     if any(spec.local is not None for spec in models):
@@ -33,19 +36,28 @@ def serve(settings: Settings, *, config: str | None, host: str | None, port: int
     if config is None:
         _welcome(settings, app.store, models)
     log.info("meshgate listening on http://%s:%d/api/v1 (%d models)", settings.host, settings.port, len(models))
-    run_server(App(app), settings.host, settings.port)
+    run_server(App(app), settings)
     return 0
 
 
-def run_server(app: App, host: str, port: int) -> None:
+def run_server(app: App, settings: Settings) -> None:
     import uvicorn
 
+    from meshgate.server.edge import EdgeLimits, connection_bound, protocol_class
+
+    limits = EdgeLimits(
+        max_head_bytes=settings.max_head_bytes,
+        head_timeout=settings.head_timeout,
+        body_timeout=settings.body_timeout,
+        max_connections=connection_bound(settings.max_connections),
+    )
     uvicorn.run(
         app,
-        host=host,
-        port=port,
+        host=settings.host,
+        port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=protocol_class(limits),  # httptools, with limits on heads, bodies and connections
+        ws="none",  # no WebSockets: an upgrade would hand the connection to a protocol that keeps no count
         lifespan="on",
         access_log=False,
         log_level="warning",
@@ -57,33 +69,38 @@ def run_server(app: App, host: str, port: int) -> None:
 
 
 def _welcome(settings: Settings, store: AccountStore, models: list[ModelSpec]) -> None:
-    """First run: make a local account and key, and show how to use them."""
+    """First run: make a local account and key, and show how to use them.
+
+    The key is printed once, when it is created; later starts say where it is saved,
+    so it does not end up in every log of the server's output.
+    """
     key_file = settings.home / "local-api-key"
-    secret = _saved_key(store, key_file)
-    if secret is None and not store.list_accounts():
-        account = store.create_account(LOCAL_ACCOUNT, is_admin=True)
-        _, secret = store.create_key(account.id, "created by meshgate serve")
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(secret + "\n")
-        key_file.chmod(0o600)
     base = f"http://{settings.host}:{settings.port}/api/v1"
     chat_model = next((m.id for m in models if m.kind == "chat"), "MODEL")
-    if secret is None:
+    if _saved_key(store, key_file) is not None:
+        about = f"API key of account '{LOCAL_ACCOUNT}': in {key_file} (shown only when it was created)"
+        shell, python = f"$(cat {shlex.quote(str(key_file))})", f"open({str(key_file)!r}).read().strip()"
+    elif store.list_accounts():
         print(f"\nmeshgate: create an API key with `meshgate keys create --account NAME`; API at {base}\n")
         return
+    else:
+        account = store.create_account(LOCAL_ACCOUNT, is_admin=True)
+        _, secret = store.create_key(account.id, "created by meshgate serve")
+        write_secret(key_file, secret + "\n")
+        about = f"API key of account '{LOCAL_ACCOUNT}', shown this once (also saved in {key_file}):\n    {secret}"
+        shell, python = secret, f'"{secret}"'
     print(
         f"""
 ==> meshgate is starting on {base}
-    API key (account '{LOCAL_ACCOUNT}', also saved in {key_file}):
-    {secret}
+    {about}
 
     curl {base}/chat/completions \\
-      -H "Authorization: Bearer {secret}" -H "Content-Type: application/json" \\
+      -H "Authorization: Bearer {shell}" -H "Content-Type: application/json" \\
       -d '{{"model": "{chat_model}", "messages": [{{"role": "user", "content": "Say this is a test!"}}]}}'
 
     python3 - <<'EOF'
 import openai
-client = openai.OpenAI(api_key="{secret}", base_url="{base}/")
+client = openai.OpenAI(api_key={python}, base_url="{base}/")
 response = client.chat.completions.create(
     model="{chat_model}",
     messages=[{{"role": "user", "content": "Hi, I am doing a project using meshgate."}}],

@@ -4,6 +4,11 @@ Keys are cached by id after the first lookup; every presented key is still hashe
 compared in constant time. Revocations reach the cache through a refresher that asks
 the database once a second for keys revoked since its last look, so a revoked key
 stops working within about a second on every gateway sharing the database.
+
+Nothing a client sends can grow memory without bound: a presented key must have the
+exact shape of ours (checked before any lookup), and every cache here has a size bound
+that evicts its oldest entries, so an attacker can neither fill memory nor flush the
+cache to force database lookups for ids it has already been told are unknown.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
-from meshgate.accounts.keys import key_id_of, matches
+from meshgate.accounts.keys import KEY_LENGTH, key_id_of, matches
 from meshgate.accounts.service import AccountStore
 from meshgate.protocol.errors import ApiError, invalid_api_key
 from meshgate.server.http import Scope, header
@@ -22,6 +28,8 @@ log = logging.getLogger("meshgate.auth")
 
 _NEGATIVE_TTL = 2.0  # unknown key ids are not looked up again for this long
 _MAX_NEGATIVE = 10_000
+_MAX_KEYS = 100_000  # cached known keys; an evicted key costs one lookup when it comes back
+_MAX_AUTHORIZATION = len(b"Bearer ") + KEY_LENGTH + 8  # a little room for stray spaces
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +48,47 @@ class _CachedKey:
     expires_at: float | None
 
 
+class RecentlyUnknown:
+    """Key ids looked up and not found, remembered for `ttl` seconds, at most `limit` of them.
+
+    Insertion order is expiry order (one TTL for all), so expired entries leave from the
+    front, and when full the oldest goes: O(1) per operation, never a clear-all.
+    """
+
+    def __init__(self, ttl: float, limit: int) -> None:
+        self._ttl = ttl
+        self._limit = limit
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def __contains__(self, key_id: str) -> bool:
+        until = self._until.get(key_id)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._until[key_id]
+        return False
+
+    def add(self, key_id: str) -> None:
+        now = time.monotonic()
+        until = self._until
+        while until and next(iter(until.values())) <= now:
+            until.popitem(last=False)
+        if len(until) >= self._limit:
+            until.popitem(last=False)
+        until[key_id] = now + self._ttl
+        until.move_to_end(key_id)
+
+
 class KeyAuthenticator:
     def __init__(self, store: AccountStore) -> None:
         self._store = store
-        self._keys: dict[str, _CachedKey] = {}
-        self._unknown: dict[str, float] = {}
-        self._last_used: dict[str, float] = {}
+        self._keys: OrderedDict[str, _CachedKey] = OrderedDict()  # oldest first, for eviction
+        self._unknown = RecentlyUnknown(_NEGATIVE_TTL, _MAX_NEGATIVE)
+        self._last_used: dict[str, float] = {}  # only keys that authenticated; emptied by each refresh
         self._revoked_checked_at = time.time()
 
     async def authenticate(self, scope: Scope) -> Principal:
@@ -56,6 +99,8 @@ class KeyAuthenticator:
                 "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
                 code="invalid_api_key",
             )
+        if len(raw) > _MAX_AUTHORIZATION:  # no key of ours is this long: refuse before any work
+            raise invalid_api_key()
         scheme, _, token = raw.partition(b" ")
         if scheme.lower() != b"bearer" or not token:
             raise invalid_api_key("The Authorization header must be 'Bearer YOUR_KEY'.")
@@ -70,24 +115,26 @@ class KeyAuthenticator:
             raise invalid_api_key()
         if cached.expires_at is not None and time.time() >= cached.expires_at:
             raise invalid_api_key("This API key has expired; create a new one.")
-        self._last_used[key_id] = time.time()
+        last_used = self._last_used
+        if len(last_used) < _MAX_KEYS or key_id in last_used:
+            last_used[key_id] = time.time()
         return cached.principal
 
     async def _load(self, key_id: str) -> _CachedKey:
-        now = time.monotonic()
-        if self._unknown.get(key_id, 0.0) > now:
+        if key_id in self._unknown:
             raise invalid_api_key()
         key = await asyncio.to_thread(self._store.get_key, key_id)
         account = await asyncio.to_thread(self._store.get_account, key.account_id) if key else None
         if key is None or key.revoked_at is not None or account is None or account.disabled:
-            if len(self._unknown) >= _MAX_NEGATIVE:
-                self._unknown.clear()
-            self._unknown[key_id] = now + _NEGATIVE_TTL
+            self._unknown.add(key_id)
             raise invalid_api_key()
         models = None if key.models is None else frozenset(key.models)
         principal = Principal(key.account_id, key.id, models, key.budget_tokens, key.budget_cycle)
         cached = _CachedKey(key.secret_hash, principal, key.expires_at)
-        self._keys[key_id] = cached
+        keys = self._keys
+        if key_id not in keys and len(keys) >= _MAX_KEYS:
+            keys.popitem(last=False)
+        keys[key_id] = cached
         return cached
 
     def forget(self, key_ids: list[str]) -> None:
