@@ -9,12 +9,14 @@ from collections.abc import Sequence
 
 from meshgate.accounts.service import AccountError, AccountStore, ApiKey
 from meshgate.catalog.loader import CatalogError
+from meshgate.cli.home import prepare_home
 from meshgate.config import Settings, load_settings
 from meshgate.quota.cycles import CYCLES, PER, current_period
 from meshgate.store.engine import migrate, sync_engine
 
 
 def _store(settings: Settings) -> AccountStore:
+    prepare_home(settings)  # a database first made by the CLI is private too
     migrate(settings.database_url)
     return AccountStore(sync_engine(settings.database_url))
 
