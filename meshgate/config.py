@@ -14,6 +14,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 8 * 1024 * 1024
+    extra_fields: frozenset[str] = frozenset()  # request fields passed to engines beyond protocol/fields.py
     auth_refresh_seconds: float = 1.0  # how often revocations and quota overrides are picked up
     upstream_connect_timeout: float = 5.0
     upstream_response_timeout: float = 600.0  # a whole plain (non-streaming) answer, headers to last byte
@@ -25,6 +26,8 @@ class Settings:
     head_timeout: float = 10.0  # for a request head to arrive, from connect or its first byte
     body_timeout: float = 30.0  # for a request body to arrive, from the end of its head; then 408
     max_connections: int = 4096  # client connections served at once; idle ones make way for new ones
+    redis_url: str | None = None  # set: the shared ledger on Redis (several gateway processes), else the embedded one
+    reservation_ttl: float = 120.0  # the shared ledger: how long a reservation outlives its process
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -44,6 +47,7 @@ def load_settings(**overrides: object) -> Settings:
         "host": env.get("MESHGATE_HOST", "127.0.0.1"),
         "port": int(env.get("MESHGATE_PORT", "8000")),
         "max_body_bytes": int(env.get("MESHGATE_MAX_BODY_BYTES", str(8 * 1024 * 1024))),
+        "extra_fields": frozenset(f.strip() for f in env.get("MESHGATE_EXTRA_FIELDS", "").split(",") if f.strip()),
         "auth_refresh_seconds": float(env.get("MESHGATE_AUTH_REFRESH_SECONDS", "1.0")),
         "upstream_connect_timeout": float(env.get("MESHGATE_UPSTREAM_CONNECT_TIMEOUT", "5")),
         "upstream_response_timeout": float(env.get("MESHGATE_UPSTREAM_RESPONSE_TIMEOUT", "600")),
@@ -55,6 +59,8 @@ def load_settings(**overrides: object) -> Settings:
         "head_timeout": float(env.get("MESHGATE_HEAD_TIMEOUT", "10")),
         "body_timeout": float(env.get("MESHGATE_BODY_TIMEOUT", "30")),
         "max_connections": int(env.get("MESHGATE_MAX_CONNECTIONS", "4096")),
+        "redis_url": env.get("MESHGATE_REDIS_URL") or None,
+        "reservation_ttl": float(env.get("MESHGATE_RESERVATION_TTL", "120")),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from meshgate.protocol.models import model_card
 from meshgate.quota.embedded import EmbeddedLedger
 from meshgate.quota.ledger import Ledger
 from meshgate.quota.policy import QuotaPolicy
+from meshgate.quota.redis_ledger import RedisLedger
 from meshgate.server.admission import Admitter
 from meshgate.server.auth import KeyAuthenticator
 from meshgate.store.engine import sync_engine
@@ -54,6 +55,9 @@ class Gateway:
         self.settings = settings
         self.store = AccountStore(sync_engine(settings.database_url))
         self.auth = KeyAuthenticator(self.store)
+        if ledger is None and settings.redis_url:
+            # Several gateway processes: one exact ledger shared on Redis, its history in the database.
+            ledger = RedisLedger(settings.redis_url, self.store.engine, reservation_ttl=settings.reservation_ttl)
         if ledger is None:
             sqlite_path = settings.sqlite_path
             if sqlite_path is None:
