@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Re-install when the dependency list changes.
 DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: all deps serve test lint bench bench-quick bench-soak bench-local wrk clean
+.PHONY: all deps serve test lint fuzz bench bench-quick bench-soak bench-local wrk clean
 
 all: test
 
@@ -34,6 +34,11 @@ lint: deps
 
 test: deps lint
 	$(BIN)/pytest -q
+
+# Schemathesis against a live gateway and the fake engine, longer than the run in `make test`
+# (MESHGATE_FUZZ_EXAMPLES per operation and key mode; MESHGATE_FUZZ_SEED for another seed).
+fuzz: deps
+	MESHGATE_FUZZ_EXAMPLES=$${MESHGATE_FUZZ_EXAMPLES:-1000} $(BIN)/pytest -q -s -p no:cacheprovider tests/fuzz
 
 # The gateway-overhead benchmark: meshgate vs LiteLLM vs direct in one run (~15 min),
 # a quick meshgate-only run, and the 1,000-stream RSS check with a 10-minute soak.

@@ -183,6 +183,7 @@ def start_gateway(
         **os.environ,
         "MESHGATE_HOME": str(home),
         "MESHGATE_AUTH_REFRESH_SECONDS": "0.2",
+        "MESHGATE_EXTRA_FIELDS": "mock",  # the fake engine is steered by a `mock` field
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }

@@ -1,19 +1,50 @@
 """Validation of request bodies: fast, hand-written checks with OpenAI-style messages.
 
-The body stays a dict: fields the gateway does not know pass through to the upstream
-untouched (engines have many extensions), while the fields it does know are checked
+The body stays a dict. Which fields may reach the engine at all is `fields.py`'s decision,
+taken first, before any other work; the fields the gateway understands are then checked
 here so a client gets a clear 400 naming the parameter instead of an upstream's guess.
+The limits below bound the work one request can cause before admission, and
+`openapi.py` publishes the same rules as a schema (the fuzz tests hold the two together).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from meshgate.protocol.errors import invalid_request
+from meshgate.protocol.fields import (
+    CHAT_DROPPED,
+    CHAT_PASSED,
+    CHAT_REFUSED,
+    EMBEDDINGS_DROPPED,
+    EMBEDDINGS_PASSED,
+    EMBEDDINGS_REFUSED,
+    TEMPLATE_CALL_KEYS,
+    check_fields,
+)
 
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+CONTENT_REQUIRED = ("system", "developer", "user")  # the roles whose message is its content
+MAX_MESSAGES = 2048
+MAX_CONTENT_PARTS = 256  # per message
+MAX_N = 128
+MAX_STOP = 16  # OpenAI documents 4, vLLM has no limit; an engine checks every stop string after every token
+MAX_LOGIT_BIAS = 1024  # entries; applied to every sampled token of every sequence
+MAX_LOGIT_BIAS_VALUE = 100  # OpenAI's range, which vLLM clamps to
+MAX_TOOLS = 128  # OpenAI's limit, for `tools` and `functions`
+MAX_LOGPROBS = 20  # top_logprobs and prompt_logprobs: OpenAI's 20 (vLLM's -1 is the whole vocabulary)
+MAX_EMBEDDING_INPUTS = 2048
+MAX_INT32 = 2**31 - 1  # token counts and ids: llama.cpp reads them as int32, larger ones wrap
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seed: vLLM's range (torch.long)
+
+_ROLES = frozenset(ROLES)
+_CONTENT_REQUIRED = frozenset(CONTENT_REQUIRED)
 _NUMBER = (int, float)
+# Floats hold integers exactly up to 2**53; orjson reads an integer beyond 64 bits as a float,
+# so a larger integral float may be an out-of-range integer that was rounded: not taken as one.
+_EXACT = 2**53
 
 
 @dataclass(slots=True)
@@ -41,20 +72,45 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, _NUMBER) and not isinstance(value, bool)
 
 
+def _is_token(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= MAX_INT32  # `type` excludes bool
+
+
 def _number(body: dict[str, Any], name: str, low: float, high: float) -> None:
     value = body.get(name)
     if value is not None and (not _is_number(value) or not low <= value <= high):
         raise invalid_request(f"'{name}' must be a number between {low:g} and {high:g}", param=name)
 
 
-def _integer(body: dict[str, Any], name: str, low: int, high: int | None = None) -> int | None:
+def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
     value = body.get(name)
     if value is None:
         return None
-    if not _is_int(value) or value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"between {low} and {high}"
-        raise invalid_request(f"'{name}' must be an integer {bound}", param=name)
+    if type(value) is float and value.is_integer() and abs(value) <= _EXACT:
+        value = body[name] = int(value)  # JSON has one number type: 2.0 is the integer 2 (as for vLLM)
+    if not _is_int(value) or not low <= value <= high:
+        raise invalid_request(f"'{name}' must be an integer between {low} and {high}", param=name)
     return int(value)
+
+
+def _tokens(items: list[Any]) -> list[int] | None:
+    """The token ids of an array (integral floats made ints), or None if it is not one."""
+    if all(_is_token(v) for v in items):
+        return items  # the common case: nothing to copy
+    ids = [int(v) if type(v) is float and v.is_integer() else v for v in items]
+    return ids if all(_is_token(v) for v in ids) else None
+
+
+def _boolean(body: dict[str, Any], name: str) -> None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise invalid_request(f"'{name}' must be a boolean", param=name)
+
+
+def _string(body: dict[str, Any], name: str) -> None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise invalid_request(f"'{name}' must be a string", param=name)
 
 
 def _model(body: dict[str, Any]) -> str:
@@ -70,31 +126,16 @@ def require_object(body: Any) -> dict[str, Any]:
     return body
 
 
-def parse_chat(raw: Any) -> ChatRequest:
+def parse_chat(raw: Any, extra_fields: frozenset[str] = frozenset()) -> ChatRequest:
     body = require_object(raw)
+    check_fields(body, CHAT_PASSED, CHAT_DROPPED, CHAT_REFUSED, extra_fields)
     model = _model(body)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise invalid_request("'messages' must be a non-empty array", param="messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise invalid_request(f"messages[{i}] must be an object", param=f"messages[{i}]")
-        role = message.get("role")
-        if role not in _ROLES:
-            raise invalid_request(
-                f"messages[{i}].role must be one of {', '.join(sorted(_ROLES))}", param=f"messages[{i}].role"
-            )
-        content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise invalid_request(
-                f"messages[{i}].content must be a string or an array of content parts",
-                param=f"messages[{i}].content",
-            )
-        if content is None and role in ("system", "developer", "user"):
-            raise invalid_request(f"messages[{i}].content is required", param=f"messages[{i}].content")
-    stream = body.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise invalid_request("'stream' must be a boolean", param="stream")
+    _messages(body.get("messages"))
+    for name in body:  # only the fields present are looked at: O(fields), one dict lookup each
+        check = _CHAT_CHECKS.get(name)
+        if check is not None:
+            check(body, name)
+    stream = body.get("stream") is True
     include_usage = False
     options = body.get("stream_options")
     if options is not None:
@@ -103,54 +144,172 @@ def parse_chat(raw: Any) -> ChatRequest:
         if not stream:
             raise invalid_request("'stream_options' is only allowed when 'stream' is true", param="stream_options")
         include_usage = options.get("include_usage") is True
-    n = _integer(body, "n", 1, 128) or 1
-    _number(body, "temperature", 0, 2)
-    _number(body, "top_p", 0, 1)
-    _number(body, "presence_penalty", -2, 2)
-    _number(body, "frequency_penalty", -2, 2)
-    max_tokens = _integer(body, "max_tokens", 1)
-    max_completion = _integer(body, "max_completion_tokens", 1)
-    if body.get("seed") is not None and not _is_int(body["seed"]):
-        raise invalid_request("'seed' must be an integer", param="seed")
-    _integer(body, "top_logprobs", 0, 20)
-    if body.get("logprobs") is not None and not isinstance(body["logprobs"], bool):
-        raise invalid_request("'logprobs' must be a boolean", param="logprobs")
-    stop = body.get("stop")
-    if stop is not None and not (
-        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
-    ):
-        raise invalid_request("'stop' must be a string or an array of strings", param="stop")
-    if body.get("user") is not None and not isinstance(body["user"], str):
-        raise invalid_request("'user' must be a string", param="user")
+    max_tokens, max_completion = body.get("max_tokens"), body.get("max_completion_tokens")
     limit = max_completion if max_completion is not None else max_tokens
-    return ChatRequest(body, model, bool(stream), include_usage, limit, n)
+    return ChatRequest(body, model, stream, include_usage, limit, body.get("n") or 1)
 
 
-def parse_embeddings(raw: Any) -> EmbeddingRequest:
-    body = require_object(raw)
-    model = _model(body)
-    value = body.get("input")
-    inputs: list[Any]
-    if isinstance(value, str):
-        inputs = [value]
-    elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        inputs = value
-    elif isinstance(value, list) and value and all(_is_int(v) for v in value):
-        inputs = [value]
-    elif (
-        isinstance(value, list)
-        and value
-        and all(isinstance(v, list) and v and all(_is_int(t) for t in v) for v in value)
-    ):
-        inputs = value
-    else:
+def _tool_choice(body: dict[str, Any], name: str) -> None:
+    choice = body[name]
+    if choice is not None and not isinstance(choice, str | dict):
+        raise invalid_request("'tool_choice' must be a string or an object", param=name)
+
+
+def _response_format(body: dict[str, Any], name: str) -> None:
+    fmt = body[name]
+    if fmt is not None and not (isinstance(fmt, dict) and isinstance(fmt.get("type"), str)):
+        raise invalid_request("'response_format' must be an object with a string 'type'", param=name)
+
+
+def _messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise invalid_request("'messages' must be a non-empty array", param="messages")
+    if len(messages) > MAX_MESSAGES:
+        raise invalid_request(f"'messages' may hold at most {MAX_MESSAGES} messages", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise invalid_request(f"messages[{i}] must be an object", param=f"messages[{i}]")
+        role = message.get("role")
+        if type(role) is not str or role not in _ROLES:  # a dict or list is not hashable: check the type first
+            raise invalid_request(f"messages[{i}].role must be one of {', '.join(ROLES)}", param=f"messages[{i}].role")
+        content = message.get("content")
+        if isinstance(content, list):
+            _content_parts(content, i)
+        elif content is None:
+            if role in _CONTENT_REQUIRED:
+                raise invalid_request(f"messages[{i}].content is required", param=f"messages[{i}].content")
+        elif not isinstance(content, str):
+            raise invalid_request(
+                f"messages[{i}].content must be a string or an array of content parts",
+                param=f"messages[{i}].content",
+            )
+
+
+def _content_parts(parts: list[Any], i: int) -> None:
+    if len(parts) > MAX_CONTENT_PARTS:
         raise invalid_request(
-            "'input' must be a non-empty string, array of strings, or array of token arrays", param="input"
+            f"messages[{i}].content may hold at most {MAX_CONTENT_PARTS} parts", param=f"messages[{i}].content"
         )
-    if len(inputs) > 2048:
-        raise invalid_request("'input' may hold at most 2048 items", param="input")
+    for j, part in enumerate(parts):
+        # Engines pick a part's handler by its type; anything else is a 500 in some of them.
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise invalid_request(
+                f"messages[{i}].content[{j}] must be an object with a string 'type'",
+                param=f"messages[{i}].content[{j}]",
+            )
+
+
+def _stop(stop: Any) -> None:
+    if stop is None or isinstance(stop, str):
+        return
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise invalid_request("'stop' must be a string or an array of strings", param="stop")
+    if len(stop) > MAX_STOP:
+        raise invalid_request(f"'stop' may hold at most {MAX_STOP} sequences", param="stop")
+
+
+def _logit_bias(bias: Any) -> None:
+    if bias is None:
+        return
+    if not isinstance(bias, dict):
+        raise invalid_request("'logit_bias' must be an object mapping token ids to numbers", param="logit_bias")
+    if len(bias) > MAX_LOGIT_BIAS:
+        raise invalid_request(f"'logit_bias' may hold at most {MAX_LOGIT_BIAS} tokens", param="logit_bias")
+    for token, value in bias.items():
+        if not (token.isascii() and token.isdigit()):
+            raise invalid_request("'logit_bias' keys must be token ids (decimal digits)", param="logit_bias")
+        if not _is_number(value) or not -MAX_LOGIT_BIAS_VALUE <= value <= MAX_LOGIT_BIAS_VALUE:
+            raise invalid_request(
+                f"'logit_bias' values must be numbers between -{MAX_LOGIT_BIAS_VALUE} and {MAX_LOGIT_BIAS_VALUE}",
+                param="logit_bias",
+            )
+
+
+def _objects(body: dict[str, Any], name: str, limit: int) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise invalid_request(f"'{name}' must be an array of objects", param=name)
+    if len(value) > limit:
+        raise invalid_request(f"'{name}' may hold at most {limit} items", param=name)
+
+
+def _template_kwargs(kwargs: Any) -> None:
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, dict):
+        raise invalid_request("'chat_template_kwargs' must be an object", param="chat_template_kwargs")
+    for key in kwargs:
+        if key in TEMPLATE_CALL_KEYS:
+            raise invalid_request(
+                f"'chat_template_kwargs.{key}' is not accepted: it changes how the engine applies the template",
+                param=f"chat_template_kwargs.{key}",
+                code="unsupported_parameter",
+            )
+
+
+# The fields the gateway checks, by name: each check reads `body[name]` (None is always allowed).
+_Check = Callable[[dict[str, Any], str], object]
+_CHAT_CHECKS: dict[str, _Check] = {
+    "stream": _boolean,
+    "n": lambda body, name: _integer(body, name, 1, MAX_N),
+    "temperature": lambda body, name: _number(body, name, 0, 2),
+    "top_p": lambda body, name: _number(body, name, 0, 1),
+    "presence_penalty": lambda body, name: _number(body, name, -2, 2),
+    "frequency_penalty": lambda body, name: _number(body, name, -2, 2),
+    "max_tokens": lambda body, name: _integer(body, name, 1, MAX_INT32),
+    "max_completion_tokens": lambda body, name: _integer(body, name, 1, MAX_INT32),
+    "seed": lambda body, name: _integer(body, name, INT64_MIN, INT64_MAX),
+    "top_logprobs": lambda body, name: _integer(body, name, 0, MAX_LOGPROBS),
+    "prompt_logprobs": lambda body, name: _integer(body, name, 0, MAX_LOGPROBS),
+    "logprobs": _boolean,
+    "parallel_tool_calls": _boolean,
+    "user": _string,
+    "stop": lambda body, name: _stop(body[name]),
+    "logit_bias": lambda body, name: _logit_bias(body[name]),
+    "tools": lambda body, name: _objects(body, name, MAX_TOOLS),
+    "functions": lambda body, name: _objects(body, name, MAX_TOOLS),
+    "tool_choice": _tool_choice,
+    "response_format": _response_format,
+    "chat_template_kwargs": lambda body, name: _template_kwargs(body[name]),
+}
+
+
+def parse_embeddings(raw: Any, extra_fields: frozenset[str] = frozenset()) -> EmbeddingRequest:
+    body = require_object(raw)
+    check_fields(body, EMBEDDINGS_PASSED, EMBEDDINGS_DROPPED, EMBEDDINGS_REFUSED, extra_fields)
+    model = _model(body)
+    value = body["input"] = _inputs(body.get("input"))
+    # one input per string or token array; a string, or a flat array of ids, is one input
+    inputs = [value] if isinstance(value, str) or isinstance(value[0], int) else value
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise invalid_request(f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items", param="input")
     fmt = body.get("encoding_format")
     if fmt is not None and fmt not in ("float", "base64"):
         raise invalid_request("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
-    _integer(body, "dimensions", 1)
+    _integer(body, "dimensions", 1, MAX_INT32)
+    _string(body, "user")
     return EmbeddingRequest(body, model, inputs)
+
+
+def _inputs(value: Any) -> Any:
+    """The input as sent on (token ids made ints), checked: strings, token ids, or arrays of them."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value:
+        first = value[0]
+        if isinstance(first, str):
+            if all(isinstance(v, str) for v in value):
+                return value
+        elif isinstance(first, list):
+            arrays = [_tokens(v) if isinstance(v, list) and v else None for v in value]
+            if all(ids is not None for ids in arrays):
+                return arrays
+        elif (ids := _tokens(value)) is not None:
+            return ids
+    raise invalid_request(
+        "'input' must be a non-empty string, array of strings, or array of token arrays "
+        f"(token ids between 0 and {MAX_INT32})",
+        param="input",
+    )

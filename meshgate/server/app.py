@@ -10,8 +10,18 @@ from typing import Any
 from meshgate.catalog.spec import ModelSpec
 from meshgate.config import Settings
 from meshgate.protocol.errors import ApiError
+from meshgate.protocol.openapi import DOCUMENT_JSON
 from meshgate.server import handlers
-from meshgate.server.http import ClientGone, Receive, Scope, Send, send_error, send_plain_error
+from meshgate.server.http import (
+    JSON_HEADERS,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    send_bytes,
+    send_error,
+    send_plain_error,
+)
 from meshgate.server.state import Gateway
 
 log = logging.getLogger("meshgate.server")
@@ -72,6 +82,9 @@ class App:
         if path in ("/health", "/healthz"):
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
             await send({"type": "http.response.body", "body": b"ok"})
+            return
+        if path == "/openapi.json" and method == "GET":  # the API's description: no key needed
+            await send_bytes(send, 200, DOCUMENT_JSON, JSON_HEADERS)
             return
         if path in self._known_paths:
             raise ApiError(405, f"method {method} is not allowed on {path}", code="method_not_allowed")

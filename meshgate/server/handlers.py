@@ -57,7 +57,9 @@ async def get_model(gw: Gateway, scope: Scope, receive: Receive, send: Send, mod
 
 async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
     principal = await gw.auth.authenticate(scope)
-    request = parse_chat(parse_json(await read_body(scope, receive, gw.settings.max_body_bytes)))
+    request = parse_chat(
+        parse_json(await read_body(scope, receive, gw.settings.max_body_bytes)), gw.settings.extra_fields
+    )
     route = gw.route_for(request.model, "chat")
     if request.n > 1 and route.spec.local is not None and route.spec.local.engine == "llama.cpp":
         # llama.cpp's server reports the usage of one choice only: `n` would be under-charged.
@@ -124,7 +126,9 @@ def _texts_counter(route: ModelRoute, inputs: list[str] | list[list[int]]) -> Co
 
 async def embeddings(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
     principal = await gw.auth.authenticate(scope)
-    request = parse_embeddings(parse_json(await read_body(scope, receive, gw.settings.max_body_bytes)))
+    request = parse_embeddings(
+        parse_json(await read_body(scope, receive, gw.settings.max_body_bytes)), gw.settings.extra_fields
+    )
     route = gw.route_for(request.model, "embedding")
     inputs = request.inputs
     _check_input_sizes(inputs, route.context_length)
