@@ -1,8 +1,9 @@
 """The shared ledger: exact quotas across any number of gateway processes, on one Redis.
 
 Every check-and-reserve and every settlement is one Lua script (`redis_scripts.py`), atomic in
-Redis, so concurrent processes can never together reserve more than a window or a budget allows:
-a request costs two Redis round trips for its quota, nothing more on its path.
+Redis, so concurrent processes can never together reserve more than a window or a budget allows.
+A request makes two script calls for its quota and nothing else on its path touches Redis or the
+database; the calls of one event-loop tick share a pipeline (`redis_batch.py`).
 
 - Reservations have a deadline (`reservation_ttl`, 120 s). Each process renews its own in a
   background tick (with the progress `progress()` recorded), so a process killed with SIGKILL
@@ -16,6 +17,10 @@ a request costs two Redis round trips for its quota, nothing more on its path.
   The gap: a charge Redis counted whose SQL commit had not finished when Redis was wiped is in the
   history, but a rebuild that read the history just before that commit misses it, so the window
   counts it only from its next rebuild (at most one group commit of charges, in processes alive then).
+- A process that hangs for a whole TTL (alive, but not renewing) has its reservations recovered like a
+  dead one's; its late settle then adds only the rest of its usage. Until the recovered entry is in
+  the history too, Redis may count the recovered tokens twice (for up to `adopt_after`): it errs
+  towards refusing, never towards overspending, and the history is exact throughout.
 - `window()` is answered from the newest reply this process has seen for that window if it is at most
   `snapshot_seconds` old (so the rate-limit headers after a settle cost no round trip), else read.
 
@@ -126,6 +131,7 @@ class RedisLedger:
         self._queue: list[_Entry] = []
         self._held: set[str] = set()  # outbox ids queued or being written by this process
         self._wake = asyncio.Event()
+        self._acks: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] | None = None
 
     # ------------------------------------------------------------ the Ledger interface
@@ -208,6 +214,8 @@ class RedisLedger:
             while (self._queue or self._held) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             writer.cancel()
+            if self._acks:
+                await asyncio.gather(*self._acks, return_exceptions=True)
             await self._calls.close()
             for task in self._tasks:
                 with contextlib.suppress(BaseException):
@@ -309,18 +317,25 @@ class RedisLedger:
             for entry, result in zip(batch, written, strict=True):
                 if entry.waiter is not None and not entry.waiter.done():
                     entry.waiter.set_result(result.charged)
-            args: list[Any] = []
-            for entry, result in zip(batch, written, strict=True):
-                args += [entry.entry_id, entry.window, entry.budget, result.correction]
-            for attempt in range(3):
-                try:
-                    await self._calls.call(self._ack, [self._outbox], args)
-                    break
-                except Exception:
-                    # Left in the outbox, the entries are adopted later and found written ("own").
-                    log.warning("removing written entries from the outbox failed", exc_info=attempt == 2)
-                    await asyncio.sleep(0.1)
-            self._held.difference_update(e.entry_id for e in batch)
+            # The next batch need not wait for this one's ack: acks of different entries are independent.
+            ack = asyncio.create_task(self._acknowledge(batch, [r.correction for r in written]))
+            self._acks.add(ack)
+            ack.add_done_callback(self._acks.discard)
+
+    async def _acknowledge(self, batch: list[_Entry], corrections: list[int]) -> None:
+        """Remove written entries from the outbox, applying their corrections to Redis."""
+        args: list[Any] = []
+        for entry, correction in zip(batch, corrections, strict=True):
+            args += [entry.entry_id, entry.window, entry.budget, correction]
+        for attempt in range(3):
+            try:
+                await self._calls.call(self._ack, [self._outbox], args)
+                break
+            except Exception:
+                # Left in the outbox, the entries are adopted later and found written ("own").
+                log.warning("removing written entries from the outbox failed", exc_info=attempt == 2)
+                await asyncio.sleep(0.1)
+        self._held.difference_update(e.entry_id for e in batch)
 
     # ------------------------------------------------------------ background: renewals, progress, sweep, adoption
 
