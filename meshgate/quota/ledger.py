@@ -99,7 +99,25 @@ class Ledger(Protocol):
         a charge above the reservation may take the window and the budget over their limits by that one
         request (the server logs it). A request id settled before (by this process or, as far as the
         durable history knows, an earlier one) charges neither and returns 0. A charge of 0 with an
-        outcome other than "ok" records nothing. Returns only once the charge is durable.
+        outcome other than "ok" records nothing. Returns only once the charge is durable; a database that
+        cannot take it yet (locked, full) delays the return, but neither fails it nor loses the charge.
+        """
+        ...
+
+    def progress(self, reservation: Reservation, prompt_tokens: int, completion_tokens: int) -> None:
+        """What a running request has delivered so far. Cheap and synchronous (memory only); the ledger makes
+        it durable at least once a second. After a crash, a restart charges each unsettled reservation its last
+        recorded progress (outcome "recovered") and releases the rest; settle() supersedes it.
+
+        Each call replaces the request's previous report (the totals so far, not increments; negatives
+        count as 0), and is ignored once the request is settled. Progress is not counted in the window
+        while the process lives (the reservation already holds those tokens): it only decides what a
+        crash charges. The durable record of a request's progress goes in the same transaction that
+        records its settlement, so a request is charged either its settlement or its progress, never
+        both. Charged at recovery like a settlement: to the window of the reservation's day and to its
+        key budget's period, idempotent per request id, nothing recorded if the progress is 0. A crash
+        charges the last report that was durable, at most about a second older than the last report
+        made; a request with none durable is released without a charge.
         """
         ...
 
@@ -109,7 +127,9 @@ class Ledger(Protocol):
         """Used (settled) and reserved tokens of a key budget's period."""
         ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Make every settlement and progress report durable, then release the ledger's resources."""
+        ...
 
 
 def utc_day(now: dt.datetime | None = None) -> str:

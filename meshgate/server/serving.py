@@ -188,6 +188,8 @@ async def _stream(
             if chunk is None:
                 break
             out = relay.feed(chunk)
+            prompt = relay.usage.prompt_tokens if relay.usage.reported else ctx.admission.prompt_estimate
+            gw.ledger.progress(ctx.admission.reservation, prompt, relay.generated())  # what a crash charges
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
             if relay.cut:

@@ -96,3 +96,22 @@ usage_events = Table(
     Index("ix_usage_events_account_day", "account_id", "day"),
     UniqueConstraint("request_id", name="uq_usage_events_request"),
 )
+
+# What each request in flight has delivered so far (`Ledger.progress`), flushed once a second and
+# deleted in the transaction that records the request's usage event: rows left over after a crash
+# are what the dead process had delivered, charged on the next start-up (outcome "recovered").
+open_reservations = Table(
+    "open_reservations",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("account_id", Integer, nullable=False),
+    Column("api_key_id", String(32), nullable=True),
+    Column("model", String(256), nullable=False),
+    Column("bucket", String(16), nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("budget_key_id", String(32), nullable=True),  # the key budget charged too, if any
+    Column("budget_period", String(32), nullable=True),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)

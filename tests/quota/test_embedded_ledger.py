@@ -5,26 +5,20 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from meshgate.quota.embedded import EmbeddedLedger
 from meshgate.quota.ledger import Budget, BudgetKey, WindowKey, WindowUsage, utc_day
-from meshgate.store.engine import migrate
+from tests.quota.conftest import crash
+
+MakeLedger = Callable[..., EmbeddedLedger]
 
 KEY = WindowKey(1, "m", "api", "2026-11-25")
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "ledger.db"
-    migrate(f"sqlite:///{path}")
-    return path
-
-
-async def test_reserve_is_all_or_nothing_within_the_limit(db: Path) -> None:
-    ledger = EmbeddedLedger(db)
+async def test_reserve_is_all_or_nothing_within_the_limit(db: Path, ledger_on: MakeLedger) -> None:
+    ledger = ledger_on(db)
     first = await ledger.reserve("r1", KEY, 100, 60, 60, None)
     assert (first.amount, first.remaining) == (60, 40)
     refused = await ledger.reserve("r2", KEY, 100, 50, 50, None)
@@ -34,8 +28,8 @@ async def test_reserve_is_all_or_nothing_within_the_limit(db: Path) -> None:
     assert (await ledger.window(KEY)).reserved == 100
 
 
-async def test_settle_charges_usage_releases_the_rest_once(db: Path) -> None:
-    ledger = EmbeddedLedger(db)
+async def test_settle_charges_usage_releases_the_rest_once(db: Path, ledger_on: MakeLedger) -> None:
+    ledger = ledger_on(db)
     grant = await ledger.reserve("r1", KEY, 100, 80, 80, "key1")
     assert grant.reservation is not None
     assert await ledger.settle(grant.reservation, 10, 15) == 25
@@ -44,9 +38,9 @@ async def test_settle_charges_usage_releases_the_rest_once(db: Path) -> None:
     assert (window.used, window.reserved) == (25, 0)
 
 
-async def test_settle_charges_the_whole_usage_even_above_the_reservation(db: Path) -> None:
+async def test_settle_charges_the_whole_usage_even_above_the_reservation(db: Path, ledger_on: MakeLedger) -> None:
     # the server decides what was really used; the window may go over its limit by that one request
-    ledger = EmbeddedLedger(db)
+    ledger = ledger_on(db)
     grant = await ledger.reserve("r1", KEY, 100, 30, 30, None)
     assert grant.reservation is not None
     assert await ledger.settle(grant.reservation, 20, 100) == 120
@@ -55,8 +49,8 @@ async def test_settle_charges_the_whole_usage_even_above_the_reservation(db: Pat
     assert (await ledger.reserve("r2", KEY, 100, 1, 1, None)).reservation is None
 
 
-async def test_failed_request_holds_and_charges_nothing(db: Path) -> None:
-    ledger = EmbeddedLedger(db)
+async def test_failed_request_holds_and_charges_nothing(db: Path, ledger_on: MakeLedger) -> None:
+    ledger = ledger_on(db)
     grant = await ledger.reserve("r1", KEY, 100, 30, 30, None)
     assert grant.reservation is not None
     assert await ledger.settle(grant.reservation, 0, 0, "upstream_error") == 0
@@ -64,8 +58,8 @@ async def test_failed_request_holds_and_charges_nothing(db: Path) -> None:
     assert (window.used, window.reserved) == (0, 0)
 
 
-async def test_concurrent_random_workload_never_overspends(db: Path) -> None:
-    ledger = EmbeddedLedger(db)
+async def test_concurrent_random_workload_never_overspends(db: Path, ledger_on: MakeLedger) -> None:
+    ledger = ledger_on(db)
     limit = 5_000
     charged: list[int] = []
 
@@ -82,22 +76,22 @@ async def test_concurrent_random_workload_never_overspends(db: Path) -> None:
     assert window.reserved == 0 and window.used == sum(charged) <= limit
     await ledger.close()
     # a restarted gateway reads the settled usage back: a crash loses no settled tokens
-    reopened = EmbeddedLedger(db)
+    reopened = ledger_on(db)
     assert (await reopened.window(KEY)).used == sum(charged)
 
 
-async def test_reservations_do_not_survive_a_restart(db: Path) -> None:
-    ledger = EmbeddedLedger(db)
+async def test_reservations_do_not_survive_a_restart(db: Path, ledger_on: MakeLedger) -> None:
+    ledger = ledger_on(db)
     await ledger.reserve("r1", KEY, 100, 90, 90, None)
-    # the process dies here: nothing of the reservation was durable, so nothing stays stuck
-    reopened = EmbeddedLedger(db)
+    crash(ledger)  # the process dies here: nothing of the reservation was durable, so nothing stays stuck
+    reopened = ledger_on(db)
     window = await reopened.window(KEY)
     assert (window.used, window.reserved) == (0, 0)
     assert (await reopened.reserve("r2", KEY, 100, 100, 100, None)).amount == 100
 
 
-async def test_windows_are_separate_per_day_bucket_model_account(db: Path) -> None:
-    ledger = EmbeddedLedger(db)
+async def test_windows_are_separate_per_day_bucket_model_account(db: Path, ledger_on: MakeLedger) -> None:
+    ledger = ledger_on(db)
     for key in (
         KEY,
         WindowKey(1, "m", "api", "2026-11-26"),
@@ -113,10 +107,12 @@ def test_utc_day_format() -> None:
     assert len(day) == 10 and day[4] == "-" and day[7] == "-"
 
 
-async def test_settled_usage_reaches_the_database_file_off_the_event_loop(db: Path, tmp_path: Path) -> None:
+async def test_settled_usage_reaches_the_database_file_off_the_event_loop(
+    db: Path, ledger_on: MakeLedger, tmp_path: Path
+) -> None:
     import shutil
 
-    ledger = EmbeddedLedger(db)
+    ledger = ledger_on(db)
     for i in range(50):
         grant = await ledger.reserve(f"r{i}", KEY, 10_000, 10, 10, None)
         assert grant.reservation is not None
@@ -138,8 +134,8 @@ def budget(limit: int, key: BudgetKey = BKEY) -> Budget:
     return Budget(key, limit, 1_700_000_000.0)
 
 
-async def test_budget_refusal_leaves_the_window_untouched(db: Path) -> None:
-    ledger = EmbeddedLedger(db)
+async def test_budget_refusal_leaves_the_window_untouched(db: Path, ledger_on: MakeLedger) -> None:
+    ledger = ledger_on(db)
     first = await ledger.reserve("r1", KEY, 1000, 60, 60, "key1", budget(100))
     assert (first.amount, first.remaining, first.refused_by) == (60, 40, None)  # min(940, 40)
     refused = await ledger.reserve("r2", KEY, 1000, 50, 50, "key1", budget(100))
@@ -153,8 +149,8 @@ async def test_budget_refusal_leaves_the_window_untouched(db: Path) -> None:
     assert await ledger.budget_window(BKEY) == WindowUsage(0, 100)
 
 
-async def test_window_refusal_leaves_the_budget_untouched(db: Path) -> None:
-    ledger = EmbeddedLedger(db)
+async def test_window_refusal_leaves_the_budget_untouched(db: Path, ledger_on: MakeLedger) -> None:
+    ledger = ledger_on(db)
     await ledger.reserve("r1", KEY, 100, 70, 70, None)  # another key of the account, no budget
     refused = await ledger.reserve("r2", KEY, 100, 50, 50, "key1", budget(1000))
     assert (refused.amount, refused.remaining, refused.refused_by) == (0, 30, "window")
@@ -168,8 +164,8 @@ async def test_window_refusal_leaves_the_budget_untouched(db: Path) -> None:
     assert await ledger.budget_window(BKEY) == WindowUsage(0, 30)
 
 
-async def test_settlement_charges_window_and_budget_once(db: Path) -> None:
-    ledger = EmbeddedLedger(db)
+async def test_settlement_charges_window_and_budget_once(db: Path, ledger_on: MakeLedger) -> None:
+    ledger = ledger_on(db)
     grant = await ledger.reserve("r1", KEY, 1000, 80, 80, "key1", budget(500))
     assert grant.reservation is not None
     assert await ledger.settle(grant.reservation, 10, 15) == 25
@@ -186,8 +182,10 @@ async def test_settlement_charges_window_and_budget_once(db: Path) -> None:
         ]
 
 
-async def test_settle_above_the_reservation_charges_the_budget_the_whole_amount(db: Path) -> None:
-    ledger = EmbeddedLedger(db)
+async def test_settle_above_the_reservation_charges_the_budget_the_whole_amount(
+    db: Path, ledger_on: MakeLedger
+) -> None:
+    ledger = ledger_on(db)
     grant = await ledger.reserve("r1", KEY, 1000, 50, 50, "key1", budget(100))
     assert grant.reservation is not None
     assert await ledger.settle(grant.reservation, 30, 90) == 120
@@ -197,8 +195,8 @@ async def test_settle_above_the_reservation_charges_the_budget_the_whole_amount(
     assert (refused.remaining, refused.refused_by) == (0, "budget")
 
 
-async def test_one_budget_spans_the_windows_of_every_model(db: Path) -> None:
-    ledger = EmbeddedLedger(db)
+async def test_one_budget_spans_the_windows_of_every_model(db: Path, ledger_on: MakeLedger) -> None:
+    ledger = ledger_on(db)
     other = WindowKey(1, "other", "api", "2026-11-25")
     a = await ledger.reserve("r1", KEY, 1000, 60, 60, "key1", budget(100))
     b = await ledger.reserve("r2", other, 1000, 60, 60, "key1", budget(100))
@@ -211,8 +209,8 @@ async def test_one_budget_spans_the_windows_of_every_model(db: Path) -> None:
     assert (await ledger.window(KEY)).used == 50 and (await ledger.window(other)).used == 20
 
 
-async def test_fifty_concurrent_reserves_take_exactly_the_budget(db: Path) -> None:
-    ledger = EmbeddedLedger(db)
+async def test_fifty_concurrent_reserves_take_exactly_the_budget(db: Path, ledger_on: MakeLedger) -> None:
+    ledger = ledger_on(db)
     grants = await asyncio.gather(
         *(ledger.reserve(f"r{i}", KEY, 10_000, 30, 30, "key1", budget(1000)) for i in range(50))
     )
@@ -226,8 +224,8 @@ async def test_fifty_concurrent_reserves_take_exactly_the_budget(db: Path) -> No
     assert await ledger.budget_window(BKEY) == WindowUsage(990, 0)
 
 
-async def test_concurrent_workload_never_overspends_budget_nor_window(db: Path) -> None:
-    ledger = EmbeddedLedger(db)
+async def test_concurrent_workload_never_overspends_budget_nor_window(db: Path, ledger_on: MakeLedger) -> None:
+    ledger = ledger_on(db)
     window_limit, budget_limit = 6_000, 2_500
     charged: dict[str | None, list[int]] = {"key1": [], None: []}
     refusals = {"window": 0, "budget": 0}
@@ -259,14 +257,16 @@ async def test_concurrent_workload_never_overspends_budget_nor_window(db: Path) 
         assert conn.execute("SELECT used FROM key_budget_usage WHERE api_key_id='key1'").fetchone() == (spent_by_key,)
 
 
-async def test_budget_survives_a_restart_and_a_settled_id_charges_nothing_after_it(db: Path) -> None:
-    ledger = EmbeddedLedger(db)
+async def test_budget_survives_a_restart_and_a_settled_id_charges_nothing_after_it(
+    db: Path, ledger_on: MakeLedger
+) -> None:
+    ledger = ledger_on(db)
     grant = await ledger.reserve("r1", KEY, 1000, 100, 100, "key1", budget(300))
     assert grant.reservation is not None
     assert await ledger.settle(grant.reservation, 40, 60) == 100
     await ledger.reserve("r2", KEY, 1000, 150, 150, "key1", budget(300))  # in flight when the process dies
-    # no close(): a settle that returned is committed
-    reopened = EmbeddedLedger(db)
+    crash(ledger)  # no close(): a settle that returned is committed
+    reopened = ledger_on(db)
     assert await reopened.budget_window(BKEY) == WindowUsage(100, 0)
     assert (await reopened.reserve("r3", KEY, 1000, 201, 201, "key1", budget(300))).refused_by == "budget"
     again = await reopened.reserve("r1", KEY, 1000, 100, 100, "key1", budget(300))  # a replayed settlement
@@ -276,8 +276,8 @@ async def test_budget_survives_a_restart_and_a_settled_id_charges_nothing_after_
     assert await reopened.window(KEY) == WindowUsage(100, 0)
 
 
-async def test_a_new_period_starts_from_zero(db: Path) -> None:
-    ledger = EmbeddedLedger(db)
+async def test_a_new_period_starts_from_zero(db: Path, ledger_on: MakeLedger) -> None:
+    ledger = ledger_on(db)
     grant = await ledger.reserve("r1", KEY, 10_000, 100, 100, "key1", budget(100))
     assert grant.reservation is not None
     await ledger.settle(grant.reservation, 100, 0)
@@ -291,19 +291,3 @@ async def test_a_new_period_starts_from_zero(db: Path) -> None:
     assert await ledger.budget_window(BKEY) == WindowUsage(100, 0)
     # another key's budget in the same period is its own
     assert await ledger.budget_window(BudgetKey("key2", "2026-11-25T00:00Z")) == WindowUsage(0, 0)
-
-
-async def test_a_failed_commit_uncounts_window_and_budget(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ledger = EmbeddedLedger(db)
-    grant = await ledger.reserve("r1", KEY, 1000, 100, 100, "key1", budget(300))
-    assert grant.reservation is not None
-
-    def fail(batch: object) -> list[bool]:
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setattr(ledger, "_commit", fail)
-    with pytest.raises(sqlite3.OperationalError):
-        await ledger.settle(grant.reservation, 50, 0)
-    assert await ledger.window(KEY) == WindowUsage(0, 0)
-    assert await ledger.budget_window(BKEY) == WindowUsage(0, 0)
-    assert ledger._budgets[BKEY].pending == 0 and ledger._windows[KEY].pending == 0
