@@ -94,31 +94,52 @@ def finish_json(data: bytes, usage: Usage, public_model: str) -> bytes:
     return data
 
 
+_OTHER_TEXT = ("reasoning_content", "reasoning", "tool_calls")
+
+
 def _delivered_text(choice: Any, pieces: list[str]) -> int:
-    """Append the generated text of one streamed choice to `pieces`; returns how many pieces it had."""
-    if not isinstance(choice, dict):
+    """Append the generated text of one streamed choice to `pieces`; returns how many pieces it had.
+
+    Written for the hot loop (one call per event): the usual delta, `{"content": "..."}`, costs
+    two dict lookups; other fields are looked at only when the delta has more keys.
+    """
+    if type(choice) is not dict:
+        return 0
+    delta = choice.get("delta")
+    if type(delta) is not dict:
+        text = choice.get("text")  # legacy completions
+        if type(text) is str and text:
+            pieces.append(text)
+            return 1
         return 0
     found = 0
-    text = choice.get("text")  # legacy completions
-    if isinstance(text, str) and text:
-        pieces.append(text)
-        found += 1
-    delta = choice.get("delta")
-    if isinstance(delta, dict):
-        for name in ("content", "reasoning_content", "reasoning"):
+    content = delta.get("content")
+    if content and type(content) is str:
+        pieces.append(content)
+        found = 1
+    if len(delta) > (content is not None) + ("role" in delta):  # more than content and role: look further
+        for name in _OTHER_TEXT:
             value = delta.get(name)
-            if isinstance(value, str) and value:
-                pieces.append(value)
-                found += 1
-        calls = delta.get("tool_calls")
-        if isinstance(calls, list):
-            for call in calls:
-                function = call.get("function") if isinstance(call, dict) else None
-                if isinstance(function, dict):
-                    for part in (function.get("name"), function.get("arguments")):
-                        if isinstance(part, str) and part:
-                            pieces.append(part)
-                            found += 1
+            if value is None:
+                continue
+            if type(value) is str:
+                if value:
+                    pieces.append(value)
+                    found += 1
+            elif type(value) is list:
+                found += _tool_call_text(value, pieces)
+    return found
+
+
+def _tool_call_text(calls: list[Any], pieces: list[str]) -> int:
+    found = 0
+    for call in calls:
+        function = call.get("function") if type(call) is dict else None
+        if type(function) is dict:
+            for part in (function.get("name"), function.get("arguments")):
+                if type(part) is str and part:
+                    pieces.append(part)
+                    found += 1
     return found
 
 
@@ -138,7 +159,7 @@ class StreamRelay:
         "cut",
         "done",
         "include_usage",
-        "last_id",
+        "last_event",
         "pieces",
         "started",
         "text_events",
@@ -165,7 +186,7 @@ class StreamRelay:
         self.done = False
         self.cut = False
         self.started = False  # the response has started: what follows is delivered and charged
-        self.last_id: str | None = None
+        self.last_event: dict[str, Any] | None = None  # the last event relayed (its id names a closing event)
 
     def generated(self) -> int:
         """Completion tokens delivered so far, as far as can be told without a tokenizer (a floor)."""
@@ -195,14 +216,13 @@ class StreamRelay:
             parsed = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return ev  # not ours to judge: passed on as it came
-        if not isinstance(parsed, dict):
+        if type(parsed) is not dict:
             return ev
         changed = False
-        if "model" in parsed and parsed["model"] != self._public:
+        model = parsed.get("model")
+        if model is not None and model != self._public:
             parsed["model"] = self._public
             changed = True
-        if isinstance(parsed.get("id"), str):
-            self.last_id = parsed["id"]
         choices = parsed.get("choices")
         if "usage" in parsed:
             usage = Usage()
@@ -219,19 +239,25 @@ class StreamRelay:
             if not self.client_continuous:
                 del parsed["usage"]  # usage in every event was the gateway's request, not the client's
                 changed = True
-        if isinstance(choices, list):
-            before_pieces = len(self.pieces)
-            found = sum(_delivered_text(choice, self.pieces) for choice in choices)
-            if found and self.text_events + found > self.completion_limit and not self.usage.reported:
-                del self.pieces[before_pieces:]
-                self.cut = True
-                return None
-            self.text_events += found
+        if choices and type(choices) is list:
+            pieces = self.pieces
+            before = len(pieces)
+            found = 0
+            for choice in choices:
+                found += _delivered_text(choice, pieces)
+            if found:
+                if self.text_events + found > self.completion_limit and not self.usage.reported:
+                    del pieces[before:]
+                    self.cut = True
+                    return None
+                self.text_events += found
+        self.last_event = parsed
         return event(orjson.dumps(parsed)) if changed else ev
 
     def closing_events(self, completion_tokens: int, prompt_tokens: int) -> bytes:
         """For a stream cut at the reservation: a last chunk saying why, and the usage if asked for."""
-        base: dict[str, Any] = {"id": self.last_id or "", "object": "chat.completion.chunk", "model": self._public}
+        last_id = self.last_event.get("id") if self.last_event is not None else None
+        base: dict[str, Any] = {"id": last_id or "", "object": "chat.completion.chunk", "model": self._public}
         out = [event(orjson.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}))]
         if self.include_usage:
             usage = {
