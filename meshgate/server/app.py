@@ -87,7 +87,13 @@ class App:
             await send_bytes(send, 200, DOCUMENT_JSON, JSON_HEADERS)
             return
         if path in self._known_paths:
-            raise ApiError(405, f"method {method} is not allowed on {path}", code="method_not_allowed")
+            allowed = ", ".join(sorted(m for (m, p) in self._table if p == path)).encode()
+            raise ApiError(
+                405,
+                f"method {method} is not allowed on {path}",
+                code="method_not_allowed",
+                headers=[(b"allow", allowed)],
+            )
         raise ApiError(404, f"no such endpoint: {method} {path}", code="not_found")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

@@ -1,6 +1,6 @@
 """A fake OpenAI-compatible engine for tests: stands in for a GPU server (vLLM-shaped answers).
 
-Each request may carry a `mock` object (the gateway passes unknown fields through) to
+Each request may carry a `mock` object (the tests' gateways let it through: MESHGATE_EXTRA_FIELDS) to
 steer it: {"delay_ms": per-token delay, "status": answer with this error status,
 "hang": never answer, "drop_after": close the connection after N stream events,
 "no_usage": leave usage out}. The answer is the words of `REPLY`, one token each,
@@ -300,7 +300,9 @@ class FakeEngine:
         self.stats["completed"] += 1
 
     async def _embeddings(self, request: dict[str, Any], send: Any) -> None:
-        inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
+        value = request["input"]
+        flat_tokens = isinstance(value, list) and all(isinstance(v, int) for v in value)
+        inputs = value if isinstance(value, list) and not flat_tokens else [value]
         data = []
         total = 0
         for i, text in enumerate(inputs):
