@@ -146,11 +146,16 @@ class EmbeddedLedger:
             future = self._loading[key] = self._reader.used(sql, params)
             future.add_done_callback(partial(self._loaded, key, table, on_insert))
         await asyncio.shield(future)
+        # Awaiting a future that is already done does not yield, and its done-callback runs only on
+        # a later turn of the loop: insert here too (idempotent), or a caller looping on the table
+        # would spin without ever letting the callback run.
+        self._loaded(key, table, on_insert, future)
 
     def _loaded(
         self, key: _K, table: dict[_K, _Window], on_insert: Callable[[_K], None], future: asyncio.Future[int]
     ) -> None:
-        del self._loading[key]
+        if self._loading.get(key) is future:
+            del self._loading[key]
         if future.cancelled() or future.exception() is not None or key in table:
             return
         table[key] = _Window(used=future.result(), reserved=0)

@@ -8,6 +8,8 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from meshgate.quota.embedded import EmbeddedLedger
 from meshgate.quota.ledger import Budget, BudgetKey, WindowKey, WindowUsage, utc_day
 from tests.quota.conftest import crash
@@ -291,3 +293,19 @@ async def test_a_new_period_starts_from_zero(db: Path, ledger_on: MakeLedger) ->
     assert await ledger.budget_window(BKEY) == WindowUsage(100, 0)
     # another key's budget in the same period is its own
     assert await ledger.budget_window(BudgetKey("key2", "2026-11-25T00:00Z")) == WindowUsage(0, 0)
+
+
+@pytest.mark.timeout(10)  # the bug this guards against spun the event loop forever
+async def test_a_window_whose_read_is_already_done_is_used_at_once(db: Path, ledger_on: MakeLedger) -> None:
+    ledger = ledger_on(db)
+    loop = asyncio.get_running_loop()
+
+    def read_done_already(sql: str, params: tuple[object, ...]) -> asyncio.Future[int]:
+        done: asyncio.Future[int] = loop.create_future()
+        done.set_result(7)  # awaiting it does not yield, and its done-callbacks run only on a later turn
+        return done
+
+    ledger._reader.used = read_done_already  # type: ignore[method-assign]
+    grants = await asyncio.gather(*(ledger.reserve(f"r{i}", KEY, 100, 1, 1, None) for i in range(40)))
+    assert all(g.reservation is not None for g in grants)
+    assert await ledger.window(KEY) == WindowUsage(7, 40)
