@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -161,6 +162,24 @@ class LiveGateway:
             if row["model"] == model and row["bucket"] == bucket:
                 return row  # type: ignore[no-any-return]
         raise KeyError((model, bucket))
+
+    def settled(self, account: str, count: int = 0, timeout: float = 5.0) -> list[tuple[int, int, str]]:
+        """The account's settled requests as (prompt, completion, outcome), oldest first, once there
+        are at least `count` of them (or `timeout` has passed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            db = sqlite3.connect(self.home / "meshgate.db")
+            try:
+                rows = db.execute(
+                    "SELECT prompt_tokens, completion_tokens, outcome FROM usage_events e JOIN accounts a"
+                    " ON a.id = e.account_id WHERE a.name = ? ORDER BY e.created_at",
+                    (account,),
+                ).fetchall()
+            finally:
+                db.close()
+            if len(rows) >= count or time.monotonic() > deadline:
+                return [(int(p), int(c), str(o)) for p, c, o in rows]
+            time.sleep(0.02)
 
     def set_quota(self, account: str, key: str, model: str, bucket: str, tokens: int) -> None:
         """Override a quota and wait until the running gateway applies it."""

@@ -4,7 +4,6 @@ byte, exact counts from the engine's /tokenize, stream time limits, scoped keys.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Iterator
 
@@ -72,17 +71,7 @@ def no_tokenize(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Live
 
 
 def history(gateway: LiveGateway, account: str) -> list[tuple[int, int, str]]:
-    """(prompt, completion, outcome) of every settled request of the account."""
-    db = sqlite3.connect(gateway.home / "meshgate.db")
-    try:
-        rows = db.execute(
-            "SELECT prompt_tokens, completion_tokens, outcome FROM usage_events e JOIN accounts a"
-            " ON a.id = e.account_id WHERE a.name = ? ORDER BY e.created_at",
-            (account,),
-        ).fetchall()
-        return [(int(p), int(c), str(o)) for p, c, o in rows]
-    finally:
-        db.close()
+    return gateway.settled(account, timeout=0)
 
 
 def wait_for(condition: object, timeout: float = 5.0, what: str = "condition") -> None:

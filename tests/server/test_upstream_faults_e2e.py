@@ -5,7 +5,6 @@ events, or trickles bytes."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Iterator
 
@@ -46,21 +45,7 @@ model = "served-faulty"
 
 
 def settled(gateway: LiveGateway, account: str, count: int = 1, timeout: float = 5.0) -> list[tuple[int, int, str]]:
-    """The account's settled requests (prompt, completion, outcome), once there are `count` of them."""
-    deadline = time.monotonic() + timeout
-    while True:
-        db = sqlite3.connect(gateway.home / "meshgate.db")
-        try:
-            rows = db.execute(
-                "SELECT prompt_tokens, completion_tokens, outcome FROM usage_events e JOIN accounts a"
-                " ON a.id = e.account_id WHERE a.name = ? ORDER BY e.created_at",
-                (account,),
-            ).fetchall()
-        finally:
-            db.close()
-        if len(rows) >= count or time.monotonic() > deadline:
-            return [(int(p), int(c), str(o)) for p, c, o in rows]
-        time.sleep(0.02)
+    return gateway.settled(account, count, timeout)
 
 
 def stream_events(gateway: LiveGateway, key: str, body: dict[str, object]) -> list[dict[str, object]]:
