@@ -5,8 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Re-install when the dependency list changes.
 DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# The web app's front-end packages (web/frontend: npm, pinned by package-lock.json), copied into
+# meshgate/web/static/vendor/ by build.mjs; rebuilt when the lockfile or the copy list changes.
+VENDOR := meshgate/web/static/vendor
+VENDOR_STAMP := $(VENDOR)/.built-$(shell cat web/frontend/package-lock.json web/frontend/build.mjs | sha1sum | cut -c1-12)
+# The browser tests (tests/web) drive Debian's Chromium; Playwright's own download is not reachable.
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: all deps serve test lint fuzz bench bench-quick bench-soak bench-local wrk clean
+.PHONY: all deps serve test lint fuzz bench bench-quick bench-soak bench-local wrk clean services
 
 all: test
 
@@ -21,7 +27,22 @@ $(DEPS_STAMP):
 	@rm -f $(VENV)/.deps-*
 	@touch $@
 
-deps: $(DEPS_STAMP)
+$(VENDOR_STAMP): web/frontend/package-lock.json web/frontend/build.mjs
+	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
+	cd web/frontend && npm ci --no-audit --no-fund --loglevel=error && node build.mjs
+	@touch $@
+
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+# The Node `openai` package for tests/features/test_clients_e2e.py, from the npm registry as locked.
+NODE_DEPS := tests/node/node_modules/.package-lock.json
+$(NODE_DEPS): tests/node/package.json tests/node/package-lock.json
+	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+deps: $(DEPS_STAMP) $(VENDOR_STAMP)
 
 serve: deps
 	$(BIN)/meshgate serve
@@ -32,8 +53,20 @@ lint: deps
 	$(BIN)/mypy meshgate
 	$(BIN)/lint-imports
 
-test: deps lint
-	$(BIN)/pytest -q
+# CI=true: with everything installed and started above, a missing service or browser fails a test instead of skipping it.
+test: deps $(CHROMIUM) $(NODE_DEPS) lint services
+	CI=true $(BIN)/pytest -q --durations=15
+	# The server e2e suite again with every gateway on PostgreSQL + Redis (a fresh schema and key prefix each),
+	# less the local-model files (real models, slow, and about the engines, not the store) and the edge's
+	# (the HTTP layer, before any key or quota is looked at); the embedded ledger's own tests skip themselves there.
+	CI=true MESHGATE_TEST_BACKEND=postgres-redis $(BIN)/pytest -q tests/server \
+		--ignore=tests/server/test_local_default_e2e.py --ignore=tests/server/test_local_catalog_e2e.py \
+		--ignore=tests/server/test_edge_e2e.py --ignore=tests/server/test_json_depth.py \
+		--ignore=tests/server/test_auth_limits.py
+
+# PostgreSQL and Redis for the tests: started where installed but not running.
+services:
+	@bash tests/scaleout/services.sh
 
 # Schemathesis against a live gateway and the fake engine, longer than the run in `make test`
 # (MESHGATE_FUZZ_EXAMPLES per operation and key mode; MESHGATE_FUZZ_SEED for another seed).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,12 @@ class Settings:
     max_connections: int = 4096  # client connections served at once; idle ones make way for new ones
     redis_url: str | None = None  # set: the shared ledger on Redis (several gateway processes), else the embedded one
     reservation_ttl: float = 120.0  # the shared ledger: how long a reservation outlives its process
+    log_format: str = "text"  # "json": one JSON object per log line (MESHGATE_LOG_FORMAT)
+    metrics_token: str | None = None  # set: GET /metrics needs `Authorization: Bearer <token>`
+    redis_prefix: str = "meshgate:"  # every Redis key of this deployment starts with it (several may share a Redis)
+    worker_ttl: float = 6.0  # a registered worker's lease: it leaves the pools this long after its last heartbeat
+    max_workers: int = 1024  # registered workers in all (every model, every token)
+    max_workers_per_token: int = 64
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -61,6 +68,28 @@ def load_settings(**overrides: object) -> Settings:
         "max_connections": int(env.get("MESHGATE_MAX_CONNECTIONS", "4096")),
         "redis_url": env.get("MESHGATE_REDIS_URL") or None,
         "reservation_ttl": float(env.get("MESHGATE_RESERVATION_TTL", "120")),
+        "log_format": "json" if env.get("MESHGATE_LOG_FORMAT", "").strip().lower() == "json" else "text",
+        "metrics_token": env.get("MESHGATE_METRICS_TOKEN") or None,
+        "redis_prefix": env.get("MESHGATE_REDIS_PREFIX") or "meshgate:",
+        "worker_ttl": float(env.get("MESHGATE_WORKER_TTL", "6")),
+        "max_workers": int(env.get("MESHGATE_MAX_WORKERS", "1024")),
+        "max_workers_per_token": int(env.get("MESHGATE_MAX_WORKERS_PER_TOKEN", "64")),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
+    values["database_url"] = normalize_database_url(str(values["database_url"]))
     return Settings(**values)  # type: ignore[arg-type]
+
+
+# PostgreSQL URLs as operators write them (plain, Heroku's `postgres://`, SQLAlchemy's async or psycopg2
+# spellings), all served by the one driver we install: psycopg 3, synchronous (store/engine.py).
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg2://", "postgresql+asyncpg://")
+
+
+def normalize_database_url(url: str) -> str:
+    """`postgresql://…` and its other spellings as `postgresql+psycopg://…`; anything else unchanged."""
+    for scheme in _POSTGRES_SCHEMES:
+        if url.startswith(scheme):
+            url = "postgresql+psycopg://" + url[len(scheme) :]
+            # asyncpg spells libpq's sslmode as `ssl`; psycopg would pass `ssl` on to libpq, which refuses it.
+            return re.sub(r"([?&])ssl=", r"\1sslmode=", url)
+    return url

@@ -8,13 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from meshgate.accounts.keys import new_key
+from meshgate.accounts.passwords import hash_password, needs_rehash, verify_password
 from meshgate.quota.cycles import CYCLES
-from meshgate.store.tables import accounts, api_keys, key_budget_usage, quota_overrides, quota_usage
+from meshgate.store.tables import accounts, api_keys, key_budget_usage, quota_overrides, quota_usage, usage_events
 
 
 class AccountError(ValueError):
@@ -50,15 +51,18 @@ class AccountStore:
         self.engine = engine
 
     # -- accounts
-    def create_account(self, name: str, *, is_admin: bool = False) -> Account:
+    def create_account(self, name: str, *, is_admin: bool = False, password: str | None = None) -> Account:
         name = name.strip()
         if not name:
             raise AccountError("account name must not be empty")
         if self.find_account(name) is not None:
             raise AccountError(f"account {name!r} already exists")
+        password_hash = None if password is None else hash_password(password)
         with self.engine.begin() as conn:
             result = conn.execute(
-                insert(accounts).values(name=name, is_admin=is_admin, disabled=False, created_at=time.time())
+                insert(accounts).values(
+                    name=name, is_admin=is_admin, disabled=False, created_at=time.time(), password_hash=password_hash
+                )
             )
             account_id = result.inserted_primary_key[0]  # type: ignore[index]
         account = self.get_account(account_id)
@@ -84,6 +88,43 @@ class AccountStore:
     def list_accounts(self) -> list[Account]:
         with self.engine.connect() as conn:
             return [_account(r) for r in conn.execute(select(accounts).order_by(accounts.c.id))]
+
+    # -- passwords (web log-in); hashing is slow on purpose: call these off the event loop
+    def set_password(self, account_id: int, password: str) -> None:
+        password_hash = hash_password(password)  # PasswordError if too short or too long
+        with self.engine.begin() as conn:
+            conn.execute(update(accounts).where(accounts.c.id == account_id).values(password_hash=password_hash))
+
+    def check_password(self, name: str, password: str) -> Account | None:
+        """The account if `password` is its password (whether or not it is disabled), else None.
+
+        Takes as long for a name with no account or no password, so timing tells nothing.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(select(accounts).where(accounts.c.name == name)).first()
+        stored = row.password_hash if row is not None else None
+        if not verify_password(stored, password) or row is None or stored is None:
+            return None
+        if needs_rehash(stored):
+            self.set_password(row.id, password)
+        return _account(row)
+
+    def has_password(self, account_id: int) -> bool:
+        with self.engine.connect() as conn:
+            stored = conn.execute(select(accounts.c.password_hash).where(accounts.c.id == account_id)).scalar()
+        return stored is not None
+
+    def any_password_set(self) -> bool:
+        """Whether any account can log in to the web app yet (the first sign-up becomes admin if not)."""
+        with self.engine.connect() as conn:
+            return (
+                conn.execute(select(accounts.c.id).where(accounts.c.password_hash.is_not(None)).limit(1)).first()
+                is not None
+            )
+
+    def set_admin(self, account_id: int, is_admin: bool) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(accounts).where(accounts.c.id == account_id).values(is_admin=is_admin))
 
     # -- API keys
     def create_key(
@@ -201,6 +242,19 @@ class AccountStore:
         with self.engine.begin() as conn:
             conn.execute(stmt)
 
+    def remove_quota(self, account_id: int, model: str, bucket: str) -> None:
+        """Back to the catalog's quota; `updated_at` cannot mark a deleted row, so the count changes instead."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(quota_overrides).where(
+                    and_(
+                        quota_overrides.c.account_id == account_id,
+                        quota_overrides.c.model == model,
+                        quota_overrides.c.bucket == bucket,
+                    )
+                )
+            )
+
     def quota_overrides(self) -> dict[tuple[int, str, str], int]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(quota_overrides))
@@ -220,6 +274,29 @@ class AccountStore:
                 )
             )
             return {(r.model, r.bucket): int(r.used) for r in rows}
+
+    def usage_history(self, since_day: str, account_id: int | None = None) -> list[UsageDay]:
+        """Tokens settled per (day, model, bucket, API key) since a UTC day; every account's if none is given."""
+        total = func.sum(usage_events.c.total_tokens)
+        query = (
+            select(usage_events.c.day, usage_events.c.model, usage_events.c.bucket, usage_events.c.api_key_id, total)
+            .where(usage_events.c.day >= since_day)
+            .group_by(usage_events.c.day, usage_events.c.model, usage_events.c.bucket, usage_events.c.api_key_id)
+            .order_by(usage_events.c.day)
+        )
+        if account_id is not None:
+            query = query.where(usage_events.c.account_id == account_id)
+        with self.engine.connect() as conn:
+            return [UsageDay(r[0], r[1], r[2], r[3], int(r[4] or 0)) for r in conn.execute(query)]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDay:
+    day: str
+    model: str
+    bucket: str
+    api_key_id: str | None  # None: not through a key (the web chat)
+    tokens: int
 
 
 def _account(row: object) -> Account:

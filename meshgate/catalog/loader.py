@@ -7,7 +7,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from meshgate.catalog.spec import BUCKETS, Bucket, LocalSpec, ModelSpec, UpstreamSpec
+from meshgate.catalog.spec import BUCKETS, Bucket, Capabilities, LocalSpec, ModelSpec, UpstreamSpec
+
+# What a chat model can do (docs: README "Features by engine"); booleans unless said otherwise.
+CAPABILITY_KEYS = ("reasoning", "think_tags", "tools", "json", "logprobs", "vision", "image_tokens")
 
 
 class CatalogError(ValueError):
@@ -40,7 +43,18 @@ def parse_catalog(data: dict[str, Any], source: str = "catalog") -> list[ModelSp
 def _parse_model(entry: Any, where: str) -> ModelSpec:
     if not isinstance(entry, dict):
         raise CatalogError(f"{where}: expected a table")
-    known = {"id", "kind", "context_length", "daily_quota", "owned_by", "created", "upstreams", "local"}
+    known = {
+        "id",
+        "kind",
+        "context_length",
+        "daily_quota",
+        "owned_by",
+        "created",
+        "upstreams",
+        "local",
+        "suffix",
+        *CAPABILITY_KEYS,
+    }
     unknown = set(entry) - known
     if unknown:
         raise CatalogError(f"{where}: unknown keys {sorted(unknown)}")
@@ -57,8 +71,11 @@ def _parse_model(entry: Any, where: str) -> ModelSpec:
         _parse_upstream(u, model_id, f"{where}: upstreams[{i}]") for i, u in enumerate(entry.get("upstreams", []))
     )
     local = _parse_local(entry["local"], where) if "local" in entry else None
-    if not upstreams and local is None:
-        raise CatalogError(f"{where}: needs at least one [[models.upstreams]] or a [models.local] worker")
+    if not upstreams and local is None and "upstreams" not in entry:
+        raise CatalogError(
+            f"{where}: needs at least one [[models.upstreams]] or a [models.local] worker"
+            " (or `upstreams = []`: served only by workers that register, `meshgate worker`)"
+        )
     return ModelSpec(
         id=model_id,
         kind=kind,
@@ -68,7 +85,39 @@ def _parse_model(entry: Any, where: str) -> ModelSpec:
         created=int(entry.get("created", time.time())),
         upstreams=upstreams,
         local=local,
+        capabilities=_parse_capabilities(entry, kind, local, where),
+        suffix=_flag(entry, "suffix", where),
     )
+
+
+def _flag(table: dict[str, Any], key: str, where: str) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise CatalogError(f"{where}: {key!r} must be true or false")
+    return value
+
+
+def _parse_capabilities(entry: dict[str, Any], kind: str, local: LocalSpec | None, where: str) -> Capabilities:
+    given = {key: entry[key] for key in CAPABILITY_KEYS if key in entry}
+    if kind != "chat":
+        if given:
+            raise CatalogError(f"{where}: {', '.join(sorted(given))} apply to chat models only")
+        return Capabilities(tools=False, json=False, logprobs=False)
+    for key, value in given.items():
+        if key == "reasoning":
+            if not isinstance(value, bool) and value != "always":
+                raise CatalogError(f'{where}: reasoning must be true, false or "always"')
+        elif key == "image_tokens":
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise CatalogError(f"{where}: image_tokens must be a positive whole number")
+        elif not isinstance(value, bool):
+            raise CatalogError(f"{where}: {key} must be true or false")
+    if local is not None and local.engine == "llama.cpp" and given.get("vision"):
+        # The local worker loads no multimodal projector (mmproj): images would be refused by the engine.
+        raise CatalogError(f"{where}: the local llama.cpp worker takes no images (vision = false)")
+    if given.get("think_tags") and not given.get("reasoning"):
+        raise CatalogError(f'{where}: think_tags needs reasoning = true or "always"')
+    return Capabilities(**given)
 
 
 def _parse_quota(raw: Any, where: str) -> dict[Bucket, int]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshgate.catalog.spec import Bucket, LocalSpec, ModelSpec, UpstreamSpec
+from meshgate.catalog.spec import Bucket, Capabilities, LocalSpec, ModelSpec, UpstreamSpec
 
 # (id, chat quota, api quota, embeddings quota, context length); None = "N/A" (bucket not offered).
 IO_INTELLIGENCE_2025: tuple[tuple[str, int | None, int | None, int | None, int], ...] = (
@@ -25,6 +25,20 @@ IO_INTELLIGENCE_2025: tuple[tuple[str, int | None, int | None, int | None, int],
     ("BAAI/bge-multilingual-gemma2", None, None, 1_000_000, 4_096),
 )
 
+# What the models of the 2025 catalog do beyond text (their model cards; vLLM's reasoning parsers
+# deepseek_r1, qwen3, openai_gpt_oss and mistral return the reasoning in a field of its own).
+IO_INTELLIGENCE_CAPABILITIES: dict[str, Capabilities] = {
+    "deepseek-ai/DeepSeek-R1-0528": Capabilities(reasoning="always"),
+    "openai/gpt-oss-120b": Capabilities(reasoning="always"),  # effort low/medium/high, never none
+    "openai/gpt-oss-20b": Capabilities(reasoning="always"),
+    "Qwen3-235B-A22B-Thinking-2507": Capabilities(reasoning="always"),
+    "mistralai/Magistral-Small-2506": Capabilities(reasoning=True),
+    "LLM360/K2-Think": Capabilities(reasoning="always"),
+    "meta-llama/Llama-4-Maverick-17B-128E-Instruct-FP8": Capabilities(vision=True),
+    "Qwen/Qwen2.5-VL-32B-Instruct": Capabilities(vision=True),
+    "meta-llama/Llama-3.2-90B-Vision-Instruct": Capabilities(vision=True),
+}
+
 
 def io_intelligence_models(upstream_url: str) -> list[ModelSpec]:
     """The 2025 IO Intelligence catalog, every model served by one OpenAI-compatible upstream."""
@@ -42,6 +56,11 @@ def io_intelligence_models(upstream_url: str) -> list[ModelSpec]:
                 daily_quota=quota,
                 owned_by="io-intelligence",
                 upstreams=(UpstreamSpec(url=upstream_url.rstrip("/"), model=model_id),),
+                capabilities=(
+                    IO_INTELLIGENCE_CAPABILITIES.get(model_id, Capabilities())
+                    if embeddings is None
+                    else Capabilities(tools=False, json=False, logprobs=False)
+                ),
             )
         )
     return specs
@@ -61,6 +80,8 @@ def local_default_models() -> list[ModelSpec]:
             daily_quota={"chat": 1_000_000, "api": 500_000},
             owned_by="meshgate-local",
             local=LocalSpec(engine="llama.cpp", path="builtin:smollm2"),
+            # llama.cpp: tools through its Jinja templates, JSON schema by grammar, real logprobs; no images
+            capabilities=Capabilities(tools=True, json=True, logprobs=True, vision=False),
         ),
         ModelSpec(
             id=LOCAL_EMBEDDING_MODEL,
@@ -69,5 +90,6 @@ def local_default_models() -> list[ModelSpec]:
             daily_quota={"embeddings": 50_000_000},
             owned_by="meshgate-local",
             local=LocalSpec(engine="sentence-transformers", path="builtin:all-minilm-l6-v2"),
+            capabilities=Capabilities(tools=False, json=False, logprobs=False),
         ),
     ]

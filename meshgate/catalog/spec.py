@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 ModelKind = Literal["chat", "embedding"]
+Reasoning = bool | Literal["always"]
 Bucket = Literal["chat", "api", "embeddings"]
 BUCKETS: tuple[Bucket, ...] = ("chat", "api", "embeddings")
 
@@ -36,6 +37,26 @@ class LocalSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a chat model's engine can do; a request that needs more is refused (400) before any work.
+
+    The defaults fit a vLLM text model started with tool calling and structured outputs on:
+    tools, JSON output and logprobs yes, images and reasoning no (they must be declared).
+    """
+
+    reasoning: Reasoning = False  # True: reasons, can be told not to; "always": cannot be turned off
+    think_tags: bool = False  # the engine leaves <think>…</think> in the content: the gateway splits it out
+    tools: bool = True
+    json: bool = True  # response_format json_object/json_schema and the engines' guided decoding fields
+    logprobs: bool = True
+    vision: bool = False  # image_url content parts
+    image_tokens: int = 16384  # at most this many prompt tokens per image (the admission's bound)
+
+
+TEXT_ONLY = Capabilities()
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     id: str
     kind: ModelKind
@@ -45,6 +66,8 @@ class ModelSpec:
     created: int = 0
     upstreams: tuple[UpstreamSpec, ...] = ()
     local: LocalSpec | None = None
+    suffix: bool = False  # the engine takes `suffix` at /completions (fill-in-the-middle); vLLM and llama.cpp do not
+    capabilities: Capabilities = TEXT_ONLY
 
     def offers(self, bucket: Bucket) -> bool:
         return bucket in self.daily_quota

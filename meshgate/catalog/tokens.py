@@ -16,20 +16,22 @@ import orjson
 
 PER_MESSAGE_OVERHEAD = 16
 PER_REQUEST_OVERHEAD = 64
-PER_IMAGE_TOKENS = 4096  # vision inputs; the reservation is capped by the context length anyway
+PER_IMAGE_TOKENS = 16384  # vision inputs (catalog `image_tokens`): Qwen2.5-VL's most at its default max_pixels
 # No tokenizer of the supported families averages more UTF-8 bytes per token than this over a
 # prompt (long whitespace runs in code come closest): the floor below never overcounts, so it
 # can refuse a request that cannot fit without asking an engine to count it.
 MAX_BYTES_PER_TOKEN = 32
 
 
-def chat_prompt_bound(body: dict[str, Any]) -> int:
+def chat_prompt_bound(body: dict[str, Any], image_tokens: int = PER_IMAGE_TOKENS) -> int:
+    """Tokens of a chat prompt at most; an image counts `image_tokens` whatever its bytes (a 20 MB
+    image is a few thousand tokens, not millions), and its floor nothing (`prompt_floor`)."""
     total = PER_REQUEST_OVERHEAD
     for message in body["messages"]:
         total += PER_MESSAGE_OVERHEAD
         for key, value in message.items():
             if key == "content":
-                total += _content_bound(value)
+                total += _content_bound(value, image_tokens)
             elif isinstance(value, str):
                 total += len(value.encode())
             elif value is not None:
@@ -40,7 +42,7 @@ def chat_prompt_bound(body: dict[str, Any]) -> int:
     return total
 
 
-def _content_bound(content: Any) -> int:
+def _content_bound(content: Any, image_tokens: int) -> int:
     if isinstance(content, str):
         return len(content.encode())
     if isinstance(content, list):
@@ -49,7 +51,7 @@ def _content_bound(content: Any) -> int:
             if isinstance(part, dict) and part.get("type") == "text":
                 total += len(str(part.get("text", "")).encode())
             elif isinstance(part, dict) and part.get("type") in ("image_url", "input_image", "image"):
-                total += PER_IMAGE_TOKENS
+                total += image_tokens
             else:
                 total += len(orjson.dumps(part))
         return total

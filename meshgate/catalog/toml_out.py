@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from meshgate.catalog.spec import ModelSpec
+from meshgate.catalog.spec import TEXT_ONLY, ModelSpec
 
 
 def _value(value: object) -> str:
@@ -27,6 +27,13 @@ def catalog_toml(specs: list[ModelSpec]) -> str:
             f"daily_quota = {{ {quota} }}",
             f"owned_by = {_value(spec.owned_by)}",
         ]
+        if spec.kind == "chat":  # capabilities other than the defaults
+            for name in ("reasoning", "think_tags", "tools", "json", "logprobs", "vision", "image_tokens"):
+                value = getattr(spec.capabilities, name)
+                if value != getattr(TEXT_ONLY, name):
+                    lines.append(f"{name} = {_value(value)}")
+        if spec.suffix:  # legacy completions take `suffix` (fill-in-the-middle)
+            lines.append("suffix = true")
         for upstream in spec.upstreams:
             lines += ["[[models.upstreams]]", f"url = {_value(upstream.url)}", f"model = {_value(upstream.model)}"]
             if upstream.api_key:

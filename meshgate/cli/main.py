@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
 
 from meshgate.accounts.service import AccountError, AccountStore, ApiKey
 from meshgate.catalog.loader import CatalogError
+from meshgate.cli import workers
 from meshgate.cli.home import prepare_home
 from meshgate.config import Settings, load_settings
 from meshgate.quota.cycles import CYCLES, PER, current_period
@@ -29,6 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="catalog TOML file ([[models]] tables)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1, env MESHGATE_HOST)")
     serve.add_argument("--port", type=int, help="port (default 8000, env MESHGATE_PORT)")
+    serve.add_argument(
+        "--processes",
+        type=int,
+        default=int(os.environ.get("MESHGATE_PROCESSES", "1")),
+        help="gateway processes on this machine (0: one per core; more than 1 needs MESHGATE_REDIS_URL;"
+        " default 1, env MESHGATE_PROCESSES)",
+    )
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a child of --processes N
 
     accounts = sub.add_parser("accounts", help="manage accounts").add_subparsers(dest="action", required=True)
     create = accounts.add_parser("create", help="create an account")
@@ -37,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     accounts.add_parser("list", help="list accounts")
     for action, text in (("disable", "refuse the account's keys (within seconds)"), ("enable", "accept them again")):
         accounts.add_parser(action, help=text).add_argument("name")
+    from meshgate.cli import web_accounts
+
+    web_accounts.add_parsers(accounts)  # set-password, invite
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     key_create = keys.add_parser("create", help="create a key; its secret is printed once, on the last line")
@@ -76,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     preset = models.add_parser("preset", help="print a built-in catalog as TOML")
     preset.add_argument("name", choices=["io-intelligence", "local"])
     preset.add_argument("--upstream", default="http://127.0.0.1:8001/v1", help="upstream URL for every model")
+    workers.add_parsers(sub)  # `meshgate worker`, `meshgate workers token|list`
     return parser
 
 
@@ -93,12 +107,25 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         from meshgate.cli.serve import serve
 
-        return serve(settings, config=args.config, host=args.host, port=args.port)
+        return serve(
+            settings,
+            config=args.config,
+            host=args.host,
+            port=args.port,
+            processes=args.processes,
+            listen_fd=args.listen_fd,
+        )
     if args.command == "models":
         from meshgate.cli import models
 
         return models.run(args, settings)
+    if args.command in ("worker", "workers"):
+        return workers.run(args, settings)
     store = _store(settings)
+    if args.command == "accounts" and args.action in ("set-password", "invite"):
+        from meshgate.cli import web_accounts
+
+        return web_accounts.run(args, store)
     if args.command == "accounts":
         if args.action == "create":
             account = store.create_account(args.name, is_admin=args.admin)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shlex
+import socket
 import sys
 from pathlib import Path
 
@@ -12,8 +15,10 @@ from meshgate.catalog.loader import load_catalog_file
 from meshgate.catalog.presets import local_default_models
 from meshgate.catalog.spec import ModelSpec
 from meshgate.cli.home import prepare_home, write_secret
+from meshgate.cli.processes import Supervisor, child_argv, listen_socket, refusal, resolve_processes
 from meshgate.config import Settings, load_settings
 from meshgate.server.app import App
+from meshgate.server.logs import configure_logging
 from meshgate.server.state import Gateway
 from meshgate.store.engine import migrate
 
@@ -22,12 +27,35 @@ log = logging.getLogger("meshgate")
 LOCAL_ACCOUNT = "local"
 
 
-def serve(settings: Settings, *, config: str | None, host: str | None, port: int | None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def serve(
+    settings: Settings,
+    *,
+    config: str | None,
+    host: str | None,
+    port: int | None,
+    processes: int = 1,
+    listen_fd: int | None = None,
+) -> int:
+    configure_logging(settings.log_format)  # text or JSON lines, with the request id where there is one
     settings = load_settings(host=host, port=port) if (host or port) else settings
     models = load_catalog_file(config) if config else local_default_models()
+    if listen_fd is not None:  # one of `--processes N`'s children: the parent checked and migrated
+        run_server(gateway_app(Gateway(settings, models)), settings, sock=socket.socket(fileno=listen_fd))
+        return 0
+    count = resolve_processes(processes)
+    problem = refusal(settings, count, models)
+    if problem is not None:
+        print(f"meshgate: {problem}", file=sys.stderr)
+        return 2
     prepare_home(settings)
     migrate(settings.database_url)
+    if count > 1:
+        assert config is not None  # refusal(): the local default models need one process
+        sock = listen_socket(settings.host, settings.port)
+        bound = int(sock.getsockname()[1])
+        log.info("meshgate listening on http://%s:%d/api/v1 with %d processes", settings.host, bound, count)
+        argv = child_argv(os.path.abspath(config), settings.host, bound, sock.fileno())
+        return Supervisor(argv, count, sock.fileno()).run()
     app = Gateway(settings, models)
     if any(spec.local is not None for spec in models):
         from meshgate.server.local_workers import attach_local_workers
@@ -36,11 +64,19 @@ def serve(settings: Settings, *, config: str | None, host: str | None, port: int
     if config is None:
         _welcome(settings, app.store, models)
     log.info("meshgate listening on http://%s:%d/api/v1 (%d models)", settings.host, settings.port, len(models))
-    run_server(App(app), settings)
+    run_server(gateway_app(app), settings)
     return 0
 
 
-def run_server(app: App, settings: Settings) -> None:
+def gateway_app(gateway: Gateway) -> App:
+    """The API, and the web app on every path outside it."""
+    from meshgate.web.app import create_web_app
+
+    return App(gateway, fallback=create_web_app(gateway))
+
+
+def run_server(app: App, settings: Settings, sock: socket.socket | None = None) -> None:
+    """Serve `app` with the edge limits; on `sock` if given (inherited from `--processes`), else bind."""
     import uvicorn
 
     from meshgate.server.edge import EdgeLimits, connection_bound, protocol_class
@@ -51,21 +87,28 @@ def run_server(app: App, settings: Settings) -> None:
         body_timeout=settings.body_timeout,
         max_connections=connection_bound(settings.max_connections),
     )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http=protocol_class(limits),  # httptools, with limits on heads, bodies and connections
-        ws="none",  # no WebSockets: an upgrade would hand the connection to a protocol that keeps no count
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        timeout_keep_alive=75,
-        backlog=4096,
-        proxy_headers=False,  # a middleware layer per request; the gateway does not use client addresses
-        server_header=False,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http=protocol_class(limits),  # httptools, with limits on heads, bodies and connections
+            ws="none",  # no WebSockets: an upgrade would hand the connection to a protocol that keeps no count
+            lifespan="on",
+            access_log=False,
+            log_level="warning",
+            log_config=None,  # uvicorn logs through the root logger: one format, JSON too
+            timeout_keep_alive=75,
+            backlog=4096,
+            proxy_headers=False,  # a middleware layer per request; the gateway does not use client addresses
+            server_header=False,
+        )
     )
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
+        server.run(sockets=None if sock is None else [sock])
+    if not server.started:
+        sys.exit(3)  # as uvicorn.run: the app's startup failed
 
 
 def _welcome(settings: Settings, store: AccountStore, models: list[ModelSpec]) -> None:

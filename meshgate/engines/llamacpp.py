@@ -20,6 +20,7 @@ from meshgate.engines.builtin import resolve_builtin
 from meshgate.engines.chat_template import with_default_system
 from meshgate.engines.gguf import chat_template
 from meshgate.engines.lifecycle import die_with_parent
+from meshgate.engines.templates import with_tools
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer plainly and briefly."
 
@@ -50,7 +51,7 @@ def effective_template(model_path: str, template_file: str | None, system_prompt
         with open(template_file, encoding="utf-8") as f:
             template: str | None = f.read()
     else:
-        template = chat_template(model_path)
+        template = with_tools(chat_template(model_path))  # tools reach a plain ChatML model too
     if not system_prompt:
         return template
     if template is None:

@@ -25,6 +25,8 @@ class ApiError(Exception):
         self.code = code
         self.param = param
         self.headers = headers or []
+        self.quota: tuple[str, str, str] | None = None  # a quota refusal's (model, bucket, limit), for metrics
+        self.counted = False  # serving counted this request in the metrics already
 
     def body(self) -> bytes:
         return error_body(self.message, self.type, self.code, self.param)

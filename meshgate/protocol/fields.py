@@ -53,8 +53,9 @@ _OPENAI_CHAT = frozenset(
     }
 )
 
-# vLLM's ChatCompletionRequest extensions that only shape sampling or output within max_tokens.
-_VLLM_CHAT = frozenset(
+# vLLM's extensions of both ChatCompletionRequest and CompletionRequest that only shape sampling or
+# output within max_tokens.
+_VLLM_SAMPLING = frozenset(
     {
         "top_k",
         "min_p",
@@ -69,12 +70,7 @@ _VLLM_CHAT = frozenset(
         "prompt_logprobs",  # checked: 0..20 (vLLM's -1 is the whole vocabulary per prompt token)
         "allowed_token_ids",
         "bad_words",
-        "echo",
-        "add_generation_prompt",
-        "continue_final_message",
         "add_special_tokens",
-        "documents",
-        "chat_template_kwargs",  # checked: no keys that change what the template call does
         "structured_outputs",
         "guided_json",
         "guided_regex",
@@ -86,7 +82,19 @@ _VLLM_CHAT = frozenset(
         "return_tokens_as_token_ids",
         "return_token_ids",
         "cache_salt",
+    }
+)
+
+# ... and those of ChatCompletionRequest alone.
+_VLLM_CHAT = _VLLM_SAMPLING | frozenset(
+    {
+        "echo",
+        "add_generation_prompt",
+        "continue_final_message",
+        "documents",
+        "chat_template_kwargs",  # checked: no keys that change what the template call does
         "include_reasoning",
+        "thinking_token_budget",  # caps the reasoning within max_tokens
         "max_repetition_pattern_size",
         "min_repetition_pattern_size",
         "repetition_min_count",
@@ -121,7 +129,15 @@ _LLAMACPP_CHAT = frozenset(
     }
 )
 
-CHAT_PASSED = _OPENAI_CHAT | _VLLM_CHAT | _LLAMACPP_CHAT
+# The gateway's own: read by it and never sent on (server/features.py turns them into engine fields).
+_GATEWAY_CHAT = frozenset(
+    {
+        "reasoning_content",  # the reference's switch: answers carry the reasoning or not (default on)
+        "reasoning",  # the reference's {"effort": ...}: sent on as reasoning_effort
+    }
+)
+
+CHAT_PASSED = _OPENAI_CHAT | _VLLM_CHAT | _LLAMACPP_CHAT | _GATEWAY_CHAT
 
 # OpenAI fields no engine behind the gateway uses: accepted, and not sent on.
 CHAT_DROPPED = frozenset(
@@ -163,6 +179,39 @@ EMBEDDINGS_PASSED = frozenset(
     }
 )
 EMBEDDINGS_DROPPED: frozenset[str] = frozenset()
+
+# ---------------------------------------------------------------- legacy completions
+
+# OpenAI's completions fields (openai SDK `completion_create_params`), less `best_of` (refused, locked).
+_OPENAI_COMPLETIONS = frozenset(
+    {
+        "model",
+        "prompt",
+        "echo",  # checked: a boolean; refused for engines that cannot echo (llama.cpp)
+        "suffix",  # checked: a string; refused unless the catalog says the engine takes it
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",  # checked: an integer 0..20 here, vLLM's default max_logprobs
+        "max_tokens",  # checked: 16 when left out, as OpenAI and vLLM
+        "n",
+        "presence_penalty",
+        "seed",
+        "stop",
+        "stream",
+        "stream_options",
+        "temperature",
+        "top_p",
+        "user",
+    }
+)
+
+# vLLM's CompletionRequest extensions: as for chat, sampling and output within max_tokens.
+_VLLM_COMPLETIONS = _VLLM_SAMPLING | {"response_format"}
+
+COMPLETIONS_PASSED = (
+    _OPENAI_COMPLETIONS | _VLLM_COMPLETIONS | (_LLAMACPP_CHAT - {"reasoning_format"})  # no chat template here
+)
+COMPLETIONS_DROPPED: frozenset[str] = frozenset()
 
 # ---------------------------------------------------------------- refused
 
@@ -225,6 +274,11 @@ REFUSED: dict[str, str] = {
     "base_url": "the gateway routes by model",
 }
 CHAT_REFUSED = REFUSED
+COMPLETIONS_REFUSED: dict[str, str] = {
+    **REFUSED,
+    "messages": "use prompt (messages belong to /chat/completions)",
+    "prompt_embeds": "prompt embeddings are charged as tokens the gateway cannot count; send prompt",
+}
 EMBEDDINGS_REFUSED: dict[str, str] = {
     **REFUSED,
     "messages": "use input (vLLM would embed a chat instead, with a template)",

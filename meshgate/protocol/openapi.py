@@ -13,9 +13,12 @@ from typing import Any
 
 import orjson
 
+from meshgate.protocol.features import EFFORTS, IMAGE_PARTS, REASONING_EFFORTS, RESPONSE_FORMATS, TOOL_CHOICES
 from meshgate.protocol.fields import (
     CHAT_DROPPED,
     CHAT_PASSED,
+    COMPLETIONS_DROPPED,
+    COMPLETIONS_PASSED,
     EMBEDDINGS_DROPPED,
     EMBEDDINGS_PASSED,
     TEMPLATE_CALL_KEYS,
@@ -32,6 +35,7 @@ from meshgate.protocol.requests import (
     MAX_LOGPROBS,
     MAX_MESSAGES,
     MAX_N,
+    MAX_PROMPTS,
     MAX_STOP,
     MAX_TOOLS,
     ROLES,
@@ -84,7 +88,22 @@ def _body(properties: Schema, passed: frozenset[str], dropped: frozenset[str], r
     }
 
 
-_CONTENT_PART: Schema = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}
+_IMAGE_URL: Schema = {"type": "string", "pattern": "^(https?://|data:[^,]*;base64,)"}
+_CONTENT_PART: Schema = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"type": "string"}},
+    # an image: an http(s) URL (not fetched) or a base64 data URL of at most 20 MB decoded, 10 per request
+    "if": {"properties": {"type": {"enum": sorted(IMAGE_PARTS)}}},
+    "then": {
+        "required": ["image_url"],
+        "properties": {
+            "image_url": {
+                "anyOf": [_IMAGE_URL, {"type": "object", "required": ["url"], "properties": {"url": _IMAGE_URL}}]
+            }
+        },
+    },
+}
 _CONTENT: Schema = {
     "anyOf": [{"type": "string"}, {"type": "array", "maxItems": MAX_CONTENT_PARTS, "items": _CONTENT_PART}]
 }
@@ -105,6 +124,12 @@ _MESSAGE: Schema = {
     ],
 }
 
+_NAME: Schema = {"type": "string", "minLength": 1}
+_FUNCTION: Schema = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": _NAME, "parameters": {"type": ["object", "null"]}},
+}
 _CHAT_CHECKED: Schema = {
     "model": {"type": "string", "minLength": 1},
     "messages": {"type": "array", "minItems": 1, "maxItems": MAX_MESSAGES, "items": _MESSAGE},
@@ -136,10 +161,47 @@ _CHAT_CHECKED: Schema = {
         propertyNames={"pattern": "^[0-9]+$"},
         additionalProperties={"type": "number", "minimum": -MAX_LOGIT_BIAS_VALUE, "maximum": MAX_LOGIT_BIAS_VALUE},
     ),
-    "tools": _object_list(MAX_TOOLS),
-    "functions": _object_list(MAX_TOOLS),
-    "tool_choice": {"type": ["string", "object", "null"]},
-    "response_format": _null("object", required=["type"], properties={"type": {"type": "string"}}),
+    "tools": _null(
+        "array",
+        minItems=1,
+        maxItems=MAX_TOOLS,
+        items={
+            "type": "object",
+            "required": ["function"],
+            "properties": {"type": {"const": "function"}, "function": _FUNCTION},
+        },
+    ),
+    "functions": _null("array", maxItems=MAX_TOOLS, items=_FUNCTION),
+    "tool_choice": {
+        "anyOf": [
+            {"enum": [*TOOL_CHOICES, None]},
+            {
+                "type": "object",
+                "required": ["function"],
+                "properties": {"function": {"type": "object", "required": ["name"], "properties": {"name": _NAME}}},
+            },
+        ]
+    },
+    "response_format": _null(
+        "object",
+        required=["type"],
+        properties={"type": {"enum": list(RESPONSE_FORMATS)}},
+        **{
+            "if": {"properties": {"type": {"const": "json_schema"}}},
+            "then": {
+                "required": ["json_schema"],
+                "properties": {
+                    "json_schema": {
+                        "type": "object",
+                        "properties": {"name": {"type": "string"}, "schema": {"type": ["object", "boolean", "null"]}},
+                    }
+                },
+            },
+        },
+    ),
+    "reasoning_content": _null("boolean"),
+    "reasoning": _null("object", properties={"effort": {"enum": [*EFFORTS, None]}}, additionalProperties=False),
+    "reasoning_effort": {"enum": [*REASONING_EFFORTS, None]},
     "chat_template_kwargs": _null("object", propertyNames={"not": {"enum": sorted(TEMPLATE_CALL_KEYS)}}),
 }
 
@@ -149,6 +211,16 @@ CHAT_REQUEST: Schema = {
     "anyOf": [
         {"required": ["stream"], "properties": {"stream": {"const": True}}},
         {"properties": {"stream_options": {"type": "null"}}},
+    ],
+    "allOf": [
+        {  # top_logprobs only with logprobs, tool_choice (but none) only with tools: vLLM's rules
+            "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer", "minimum": 1}}},
+            "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+        },
+        {
+            "if": {"required": ["tool_choice"], "properties": {"tool_choice": {"not": {"enum": ["none", None]}}}},
+            "then": {"required": ["tools"], "properties": {"tools": {"type": "array"}}},
+        },
     ],
 }
 
@@ -178,6 +250,41 @@ EMBEDDINGS_REQUEST: Schema = _body(
     ["model", "input"],
 )
 
+_PROMPT: Schema = {
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "minItems": 1, "maxItems": MAX_PROMPTS, "items": {"type": "string", "minLength": 1}},
+        {"type": "array", "minItems": 1, "items": _TOKEN},
+        {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_PROMPTS,
+            "items": {"type": "array", "minItems": 1, "items": _TOKEN},
+        },
+    ]
+}
+_COMPLETIONS_CHECKED: Schema = {
+    **{name: schema for name, schema in _CHAT_CHECKED.items() if name in COMPLETIONS_PASSED},
+    "prompt": _PROMPT,
+    "max_tokens": _integer(0, MAX_INT32),  # 0 only with echo: below
+    "n": _integer(1, MAX_N),
+    "logprobs": _integer(0, MAX_LOGPROBS),
+    "echo": _null("boolean"),
+    "suffix": _null("string"),
+}
+COMPLETIONS_REQUEST: Schema = {
+    **_body(_COMPLETIONS_CHECKED, COMPLETIONS_PASSED, COMPLETIONS_DROPPED, ["model", "prompt"]),
+    "allOf": [
+        {"anyOf": CHAT_REQUEST["anyOf"]},  # stream_options only with a stream
+        {  # max_tokens 0 (score an echoed prompt, no completion) only with echo
+            "anyOf": [
+                {"required": ["echo"], "properties": {"echo": {"const": True}}},
+                {"properties": {"max_tokens": {"anyOf": [{"type": "null"}, {"minimum": 1}]}}},
+            ]
+        },
+    ],
+}
+
 # ---------------------------------------------------------------- answers
 
 _COUNT: Schema = {"type": "integer", "minimum": 0}
@@ -186,52 +293,66 @@ _USAGE: Schema = {
     "required": ["prompt_tokens", "total_tokens"],
     "properties": {"prompt_tokens": _COUNT, "completion_tokens": _COUNT, "total_tokens": _COUNT},
 }
-CHAT_COMPLETION: Schema = {
-    "type": "object",
-    "required": ["id", "object", "created", "model", "choices"],
-    "properties": {
-        "id": {"type": "string"},
-        "object": {"const": "chat.completion"},
-        "created": {"type": "integer"},
-        "model": {"type": "string"},
-        "choices": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["index", "message"],
-                "properties": {
-                    "index": _COUNT,
-                    "message": {
-                        "type": "object",
-                        "required": ["role"],
-                        "properties": {"role": {"type": "string"}, "content": _null("string")},
-                    },
-                    "finish_reason": _null("string"),
-                },
-            },
+_MAYBE_USAGE: Schema = {"anyOf": [_USAGE, {"type": "null"}]}
+
+
+def _completion_object(kind: str, choice: Schema, usage: Schema) -> Schema:
+    """The envelope OpenAI gives chat answers, their stream events and text completions alike."""
+    return {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": kind},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {"type": "array", "items": choice},
+            "usage": usage,
         },
-        "usage": _USAGE,
-    },
-}
-CHUNK: Schema = {
-    "type": "object",
-    "required": ["id", "object", "created", "model", "choices"],
-    "properties": {
-        "id": {"type": "string"},
-        "object": {"const": "chat.completion.chunk"},
-        "created": {"type": "integer"},
-        "model": {"type": "string"},
-        "choices": {
-            "type": "array",
-            "items": {
+    }
+
+
+CHAT_COMPLETION = _completion_object(
+    "chat.completion",
+    {
+        "type": "object",
+        "required": ["index", "message"],
+        "properties": {
+            "index": _COUNT,
+            "message": {
                 "type": "object",
-                "required": ["index", "delta"],
-                "properties": {"index": _COUNT, "delta": {"type": "object"}, "finish_reason": _null("string")},
+                "required": ["role"],
+                "properties": {"role": {"type": "string"}, "content": _null("string")},
             },
+            "finish_reason": _null("string"),
         },
-        "usage": {"anyOf": [_USAGE, {"type": "null"}]},
     },
-}
+    _USAGE,
+)
+CHUNK = _completion_object(
+    "chat.completion.chunk",
+    {
+        "type": "object",
+        "required": ["index", "delta"],
+        "properties": {"index": _COUNT, "delta": {"type": "object"}, "finish_reason": _null("string")},
+    },
+    _MAYBE_USAGE,
+)
+# an answer, and each event of a stream (OpenAI uses one object for both)
+TEXT_COMPLETION = _completion_object(
+    "text_completion",
+    {
+        "type": "object",
+        "required": ["index", "text"],
+        "properties": {
+            "index": _COUNT,
+            "text": {"type": "string"},
+            "logprobs": _null("object"),
+            "finish_reason": _null("string"),
+        },
+    },
+    _MAYBE_USAGE,
+)
 EMBEDDINGS: Schema = {
     "type": "object",
     "required": ["object", "data", "model"],
@@ -334,6 +455,18 @@ STREAM_EVENT: Schema = {
     },
 }
 
+COMPLETION_STREAM_EVENT: Schema = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "if": {"const": "[DONE]"},
+            "else": {"contentMediaType": "application/json", "contentSchema": {"anyOf": [TEXT_COMPLETION, ERROR]}},
+        }
+    },
+}
+
 # ---------------------------------------------------------------- the document
 
 
@@ -360,7 +493,7 @@ DOCUMENT: Schema = {
     "info": {
         "title": "meshgate",
         "version": "1",
-        "description": "OpenAI-compatible chat completions and embeddings with exact token quotas. "
+        "description": "OpenAI-compatible chat completions, legacy completions and embeddings with exact token quotas. "
         "Request fields are checked per field (docs/fields.md): unknown ones are refused.",
     },
     "servers": [{"url": "/api/v1"}, {"url": "/v1"}],
@@ -372,6 +505,14 @@ DOCUMENT: Schema = {
                 "A chat completion; with `stream: true`, server-sent events of `chat.completion.chunk`.",
                 {**_json(CHAT_COMPLETION), "text/event-stream": {"schema": STREAM_EVENT}},
                 CHAT_REQUEST,
+            )
+        },
+        "/completions": {
+            "post": _operation(
+                "createCompletion",
+                "A legacy text completion of a prompt; with `stream: true`, server-sent events of `text_completion`.",
+                {**_json(TEXT_COMPLETION), "text/event-stream": {"schema": COMPLETION_STREAM_EVENT}},
+                COMPLETIONS_REQUEST,
             )
         },
         "/embeddings": {

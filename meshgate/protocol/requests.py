@@ -14,10 +14,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshgate.protocol.errors import invalid_request
+from meshgate.protocol.features import (
+    FEATURE_CHECKS,
+    IMAGE_PARTS,
+    MAX_IMAGES,
+    Needs,
+    check_top_logprobs,
+    image_part,
+    needs,
+)
 from meshgate.protocol.fields import (
     CHAT_DROPPED,
     CHAT_PASSED,
     CHAT_REFUSED,
+    COMPLETIONS_DROPPED,
+    COMPLETIONS_PASSED,
+    COMPLETIONS_REFUSED,
     EMBEDDINGS_DROPPED,
     EMBEDDINGS_PASSED,
     EMBEDDINGS_REFUSED,
@@ -38,6 +50,8 @@ MAX_LOGPROBS = 20  # top_logprobs and prompt_logprobs: OpenAI's 20 (vLLM's -1 is
 MAX_EMBEDDING_INPUTS = 2048
 MAX_INT32 = 2**31 - 1  # token counts and ids: llama.cpp reads them as int32, larger ones wrap
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seed: vLLM's range (torch.long)
+MAX_PROMPTS = 2048  # legacy completions: prompts in one request
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's and vLLM's default for /completions
 
 _ROLES = frozenset(ROLES)
 _CONTENT_REQUIRED = frozenset(CONTENT_REQUIRED)
@@ -55,6 +69,20 @@ class ChatRequest:
     include_usage: bool
     max_tokens: int | None  # from max_completion_tokens or max_tokens
     n: int
+    needs: Needs | None = None  # reasoning, tools, structured output, logprobs, images (None: plain text)
+
+
+@dataclass(slots=True)
+class CompletionRequest:
+    body: dict[str, Any]
+    model: str
+    prompts: list[str] | list[list[int]]  # one per prompt: a text, or token ids
+    stream: bool
+    include_usage: bool
+    max_tokens: int  # per choice: the client's, or 16
+    n: int
+    echo: bool
+    suffix: str | None
 
 
 @dataclass(slots=True)
@@ -126,42 +154,40 @@ def require_object(body: Any) -> dict[str, Any]:
     return body
 
 
+def _include_usage(body: dict[str, Any], stream: bool) -> bool:
+    """`stream_options.include_usage`, after checking `stream_options` (an object, only with `stream`)."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise invalid_request("'stream_options' must be an object", param="stream_options")
+    if not stream:
+        raise invalid_request("'stream_options' is only allowed when 'stream' is true", param="stream_options")
+    return options.get("include_usage") is True
+
+
 def parse_chat(raw: Any, extra_fields: frozenset[str] = frozenset()) -> ChatRequest:
     body = require_object(raw)
     check_fields(body, CHAT_PASSED, CHAT_DROPPED, CHAT_REFUSED, extra_fields)
     model = _model(body)
-    _messages(body.get("messages"))
+    images = _messages(body.get("messages"))
     for name in body:  # only the fields present are looked at: O(fields), one dict lookup each
         check = _CHAT_CHECKS.get(name)
         if check is not None:
             check(body, name)
     stream = body.get("stream") is True
-    include_usage = False
-    options = body.get("stream_options")
-    if options is not None:
-        if not isinstance(options, dict):
-            raise invalid_request("'stream_options' must be an object", param="stream_options")
-        if not stream:
-            raise invalid_request("'stream_options' is only allowed when 'stream' is true", param="stream_options")
-        include_usage = options.get("include_usage") is True
+    include_usage = _include_usage(body, stream)
     max_tokens, max_completion = body.get("max_tokens"), body.get("max_completion_tokens")
     limit = max_completion if max_completion is not None else max_tokens
-    return ChatRequest(body, model, stream, include_usage, limit, body.get("n") or 1)
+    first_image = images[0] if images else None
+    return ChatRequest(
+        body, model, stream, include_usage, limit, body.get("n") or 1, needs(body, len(images), first_image)
+    )
 
 
-def _tool_choice(body: dict[str, Any], name: str) -> None:
-    choice = body[name]
-    if choice is not None and not isinstance(choice, str | dict):
-        raise invalid_request("'tool_choice' must be a string or an object", param=name)
-
-
-def _response_format(body: dict[str, Any], name: str) -> None:
-    fmt = body[name]
-    if fmt is not None and not (isinstance(fmt, dict) and isinstance(fmt.get("type"), str)):
-        raise invalid_request("'response_format' must be an object with a string 'type'", param=name)
-
-
-def _messages(messages: Any) -> None:
+def _messages(messages: Any) -> list[str]:
+    """Checks the messages; returns where their images are (`messages[i].content[j]`)."""
+    images: list[str] = []
     if not isinstance(messages, list) or not messages:
         raise invalid_request("'messages' must be a non-empty array", param="messages")
     if len(messages) > MAX_MESSAGES:
@@ -174,7 +200,7 @@ def _messages(messages: Any) -> None:
             raise invalid_request(f"messages[{i}].role must be one of {', '.join(ROLES)}", param=f"messages[{i}].role")
         content = message.get("content")
         if isinstance(content, list):
-            _content_parts(content, i)
+            _content_parts(content, i, images)
         elif content is None:
             if role in _CONTENT_REQUIRED:
                 raise invalid_request(f"messages[{i}].content is required", param=f"messages[{i}].content")
@@ -183,9 +209,16 @@ def _messages(messages: Any) -> None:
                 f"messages[{i}].content must be a string or an array of content parts",
                 param=f"messages[{i}].content",
             )
+    if len(images) > MAX_IMAGES:
+        raise invalid_request(
+            f"a request may hold at most {MAX_IMAGES} images; this one has {len(images)}",
+            param=images[MAX_IMAGES],
+            code="too_many_images",
+        )
+    return images
 
 
-def _content_parts(parts: list[Any], i: int) -> None:
+def _content_parts(parts: list[Any], i: int, images: list[str]) -> None:
     if len(parts) > MAX_CONTENT_PARTS:
         raise invalid_request(
             f"messages[{i}].content may hold at most {MAX_CONTENT_PARTS} parts", param=f"messages[{i}].content"
@@ -197,6 +230,9 @@ def _content_parts(parts: list[Any], i: int) -> None:
                 f"messages[{i}].content[{j}] must be an object with a string 'type'",
                 param=f"messages[{i}].content[{j}]",
             )
+        if part["type"] in IMAGE_PARTS:
+            image_part(part, i, j)
+            images.append(f"messages[{i}].content[{j}]")
 
 
 def _stop(stop: Any) -> None:
@@ -249,6 +285,16 @@ def _template_kwargs(kwargs: Any) -> None:
             )
 
 
+def _top_logprobs(body: dict[str, Any], name: str) -> None:
+    _integer(body, name, 0, MAX_LOGPROBS)
+    check_top_logprobs(body, name)
+
+
+def _tools(body: dict[str, Any], name: str) -> None:
+    _objects(body, name, MAX_TOOLS)
+    FEATURE_CHECKS[name](body, name)
+
+
 # The fields the gateway checks, by name: each check reads `body[name]` (None is always allowed).
 _Check = Callable[[dict[str, Any], str], object]
 _CHAT_CHECKS: dict[str, _Check] = {
@@ -261,17 +307,20 @@ _CHAT_CHECKS: dict[str, _Check] = {
     "max_tokens": lambda body, name: _integer(body, name, 1, MAX_INT32),
     "max_completion_tokens": lambda body, name: _integer(body, name, 1, MAX_INT32),
     "seed": lambda body, name: _integer(body, name, INT64_MIN, INT64_MAX),
-    "top_logprobs": lambda body, name: _integer(body, name, 0, MAX_LOGPROBS),
+    "top_logprobs": lambda body, name: _top_logprobs(body, name),
     "prompt_logprobs": lambda body, name: _integer(body, name, 0, MAX_LOGPROBS),
     "logprobs": _boolean,
     "parallel_tool_calls": _boolean,
     "user": _string,
     "stop": lambda body, name: _stop(body[name]),
     "logit_bias": lambda body, name: _logit_bias(body[name]),
-    "tools": lambda body, name: _objects(body, name, MAX_TOOLS),
-    "functions": lambda body, name: _objects(body, name, MAX_TOOLS),
-    "tool_choice": _tool_choice,
-    "response_format": _response_format,
+    "tools": lambda body, name: _tools(body, name),
+    "functions": lambda body, name: _tools(body, name),
+    "tool_choice": FEATURE_CHECKS["tool_choice"],
+    "response_format": FEATURE_CHECKS["response_format"],
+    "reasoning_content": FEATURE_CHECKS["reasoning_content"],
+    "reasoning": FEATURE_CHECKS["reasoning"],
+    "reasoning_effort": FEATURE_CHECKS["reasoning_effort"],
     "chat_template_kwargs": lambda body, name: _template_kwargs(body[name]),
 }
 
@@ -280,11 +329,7 @@ def parse_embeddings(raw: Any, extra_fields: frozenset[str] = frozenset()) -> Em
     body = require_object(raw)
     check_fields(body, EMBEDDINGS_PASSED, EMBEDDINGS_DROPPED, EMBEDDINGS_REFUSED, extra_fields)
     model = _model(body)
-    value = body["input"] = _inputs(body.get("input"))
-    # one input per string or token array; a string, or a flat array of ids, is one input
-    inputs = [value] if isinstance(value, str) or isinstance(value[0], int) else value
-    if len(inputs) > MAX_EMBEDDING_INPUTS:
-        raise invalid_request(f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items", param="input")
+    inputs = _batch(body, "input", MAX_EMBEDDING_INPUTS, empty_text=True)
     fmt = body.get("encoding_format")
     if fmt is not None and fmt not in ("float", "base64"):
         raise invalid_request("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
@@ -293,14 +338,25 @@ def parse_embeddings(raw: Any, extra_fields: frozenset[str] = frozenset()) -> Em
     return EmbeddingRequest(body, model, inputs)
 
 
-def _inputs(value: Any) -> Any:
-    """The input as sent on (token ids made ints), checked: strings, token ids, or arrays of them."""
-    if isinstance(value, str):
+def _batch(body: dict[str, Any], param: str, limit: int, *, empty_text: bool) -> list[Any]:
+    """The items of an embeddings `input` or a completions `prompt`, at most `limit`: a string, or a
+    flat array of token ids, is one item. The body keeps the checked value (token ids made ints)."""
+    value = body[param] = _texts_or_token_ids(body.get(param), param, empty_text=empty_text)
+    items = [value] if isinstance(value, str) or isinstance(value[0], int) else value
+    if len(items) > limit:
+        raise invalid_request(f"'{param}' may hold at most {limit} items", param=param)
+    return items
+
+
+def _texts_or_token_ids(value: Any, param: str, *, empty_text: bool) -> Any:
+    """An embeddings `input` or a completions `prompt` as sent on (token ids made ints), checked:
+    a text, texts, token ids or arrays of them (empty texts only where `empty_text`)."""
+    if isinstance(value, str) and (value or empty_text):
         return value
     if isinstance(value, list) and value:
         first = value[0]
         if isinstance(first, str):
-            if all(isinstance(v, str) for v in value):
+            if all(isinstance(v, str) and (v or empty_text) for v in value):
                 return value
         elif isinstance(first, list):
             arrays = [_tokens(v) if isinstance(v, list) and v else None for v in value]
@@ -308,8 +364,44 @@ def _inputs(value: Any) -> Any:
                 return arrays
         elif (ids := _tokens(value)) is not None:
             return ids
+    texts = "array of strings" if empty_text else "array of non-empty strings"
     raise invalid_request(
-        "'input' must be a non-empty string, array of strings, or array of token arrays "
+        f"'{param}' must be a non-empty string, {texts}, or (array of) non-empty token arrays "
         f"(token ids between 0 and {MAX_INT32})",
-        param="input",
+        param=param,
     )
+
+
+# ---------------------------------------------------------------- legacy completions
+
+
+def parse_completions(raw: Any, extra_fields: frozenset[str] = frozenset()) -> CompletionRequest:
+    """`POST /completions`: a prompt (text, texts, token ids or arrays of them) instead of messages."""
+    body = require_object(raw)
+    check_fields(body, COMPLETIONS_PASSED, COMPLETIONS_DROPPED, COMPLETIONS_REFUSED, extra_fields)
+    model = _model(body)
+    prompts = _batch(body, "prompt", MAX_PROMPTS, empty_text=False)
+    for name in body:
+        check = _COMPLETIONS_CHECKS.get(name)
+        if check is not None:
+            check(body, name)
+    stream = body.get("stream") is True
+    include_usage = _include_usage(body, stream)
+    n = body.get("n") or 1
+    echo = body.get("echo") is True
+    max_tokens = body.get("max_tokens")
+    if max_tokens is None:
+        max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS
+    elif max_tokens == 0 and not echo:  # 0 only scores an echoed prompt (with logprobs), as in vLLM
+        raise invalid_request("'max_tokens' must be at least 1 unless 'echo' is true", param="max_tokens")
+    suffix = body.get("suffix")
+    return CompletionRequest(body, model, prompts, stream, include_usage, max_tokens, n, echo, suffix)
+
+
+_COMPLETIONS_CHECKS: dict[str, _Check] = {
+    **{name: check for name, check in _CHAT_CHECKS.items() if name in COMPLETIONS_PASSED and name != "logprobs"},
+    "max_tokens": lambda body, name: _integer(body, name, 0, MAX_INT32),
+    "logprobs": lambda body, name: _integer(body, name, 0, MAX_LOGPROBS),
+    "echo": _boolean,
+    "suffix": _string,
+}

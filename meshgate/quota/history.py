@@ -61,7 +61,23 @@ class Written:
 class UsageHistory:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+        insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+        # Built once: making an upsert's `excluded` alias costs more than executing a small batch
+        # (SQLite, batches of 1 / 8 events: 438 / 553 µs with the statements made per batch, ~155 / 255 µs).
+        self._insert_events = (
+            insert(usage_events)
+            .on_conflict_do_nothing(index_elements=["request_id"])
+            .returning(usage_events.c.request_id)
+        )
+        windows = insert(quota_usage)
+        self._add_windows = windows.on_conflict_do_update(
+            index_elements=["account_id", "model", "bucket", "day"],
+            set_={"used": quota_usage.c.used + windows.excluded.used},
+        )
+        budgets = insert(key_budget_usage)
+        self._add_budgets = budgets.on_conflict_do_update(
+            index_elements=["api_key_id", "period"], set_={"used": key_budget_usage.c.used + budgets.excluded.used}
+        )
 
     # -- reads (rebuilding Redis)
 
@@ -111,11 +127,7 @@ class UsageHistory:
     def _write(self, conn: Connection, events: list[UsageEvent]) -> list[Written]:
         # Sorted, so two processes writing overlapping batches lock rows in the same order (no deadlock).
         order = sorted(range(len(events)), key=lambda i: events[i].request_id)
-        statement = self._insert(usage_events).on_conflict_do_nothing(index_elements=["request_id"])
-        inserted = {
-            row[0]
-            for row in conn.execute(statement.returning(usage_events.c.request_id), [_row(events[i]) for i in order])
-        }
+        inserted = {row[0] for row in conn.execute(self._insert_events, [_row(events[i]) for i in order])}
         added = [e.total_tokens if e.request_id in inserted else 0 for e in events]
         results = [Written(e.total_tokens, e.redis_charge - e.total_tokens) for e in events]
         conflicts = [i for i in order if events[i].request_id not in inserted]
@@ -180,13 +192,8 @@ class UsageHistory:
                 if event.budget is not None:
                     budgets[event.budget] = budgets.get(event.budget, 0) + tokens
         if windows:
-            upsert = self._insert(quota_usage)
-            upsert = upsert.on_conflict_do_update(
-                index_elements=["account_id", "model", "bucket", "day"],
-                set_={"used": quota_usage.c.used + upsert.excluded.used},
-            )
             conn.execute(
-                upsert,
+                self._add_windows,
                 [
                     {"account_id": k.account_id, "model": k.model, "bucket": k.bucket, "day": k.day, "used": used}
                     for k, used in sorted(
@@ -195,12 +202,8 @@ class UsageHistory:
                 ],
             )
         if budgets:
-            upsert = self._insert(key_budget_usage)
-            upsert = upsert.on_conflict_do_update(
-                index_elements=["api_key_id", "period"], set_={"used": key_budget_usage.c.used + upsert.excluded.used}
-            )
             conn.execute(
-                upsert,
+                self._add_budgets,
                 [
                     {"api_key_id": k.api_key_id, "period": k.period, "used": used}
                     for k, used in sorted(budgets.items(), key=lambda kv: (kv[0].api_key_id, kv[0].period))

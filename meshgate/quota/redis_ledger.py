@@ -42,10 +42,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy import Engine
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from meshgate.quota import redis_scripts as scripts
 from meshgate.quota.cycles import CYCLES, current_period
-from meshgate.quota.history import UsageEvent, UsageHistory
+from meshgate.quota.history import UsageEvent, UsageHistory, Written
 from meshgate.quota.ledger import Budget, BudgetKey, Grant, Reservation, WindowKey, WindowUsage, utc_day, window_reset
 from meshgate.quota.redis_batch import ScriptBatcher, client
 from meshgate.quota.redis_keys import (
@@ -305,15 +306,7 @@ class RedisLedger:
                 await self._wake.wait()
                 continue
             batch, self._queue = _distinct(self._queue, self._max_batch)
-            delay = 0.05
-            while True:
-                try:
-                    written = await asyncio.to_thread(self._history.write, [e.event for e in batch])
-                    break
-                except Exception:
-                    log.warning("writing usage to the history failed; retrying in %.2f s", delay, exc_info=True)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+            written = await self._write(batch)
             for entry, result in zip(batch, written, strict=True):
                 if entry.waiter is not None and not entry.waiter.done():
                     entry.waiter.set_result(result.charged)
@@ -321,6 +314,29 @@ class RedisLedger:
             ack = asyncio.create_task(self._acknowledge(batch, [r.correction for r in written]))
             self._acks.add(ack)
             ack.add_done_callback(self._acks.discard)
+
+    async def _write(self, batch: list[_Entry]) -> list[Written]:
+        """Write a batch to the history: retried while the database is unreachable, split when it refuses.
+
+        A database that is down or locked is waited for (with backoff, forever). An event the database
+        refuses outright (a value it cannot store) would be refused forever and hold back every charge
+        queued behind it: the batch is written one event at a time instead, and a refused event is
+        logged as an error and left out of the history. Redis still counts it, so no quota grows.
+        """
+        delay = 0.05
+        while True:
+            try:
+                return await asyncio.to_thread(self._history.write, [e.event for e in batch])
+            except Exception as exc:
+                if _refused(exc):
+                    if len(batch) > 1:
+                        return [w for entry in batch for w in await self._write([entry])]
+                    event = batch[0].event
+                    log.error("the history refuses the usage event %r (%s); it is counted in Redis only", event, exc)
+                    return [Written(event.redis_charge, 0)]
+                log.warning("writing usage to the history failed; retrying in %.2f s", delay, exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _acknowledge(self, batch: list[_Entry], corrections: list[int]) -> None:
         """Remove written entries from the outbox, applying their corrections to Redis."""
@@ -507,3 +523,10 @@ def _budget_expiry(period: str) -> int:
     except ValueError:
         start = time.time()
     return max(int(start) + 33 * _DAY, int(time.time()) + _DAY)
+
+
+def _refused(exc: Exception) -> bool:
+    """Will the database refuse these rows however often they are sent? (Not: is it down or busy.)"""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    return not isinstance(exc, DBAPIError | OSError)  # a row that cannot even be built (TypeError, ...)

@@ -232,11 +232,13 @@ class Admitter:
     ) -> ApiError:
         if grant is not None and grant.refused_by == "budget" and budget is not None and principal is not None:
             per = PER.get(principal.budget_cycle or "", "cycle")
-            return insufficient_quota(
+            error = insufficient_quota(
                 f"This API key's budget of {budget.limit} tokens per {per} is used up: this request needs up to "
                 f"{needed} tokens and {remaining} remain until {_iso(budget.resets_at)}, when the budget refreshes.",
                 headers=self.rate_headers(key, limit, remaining),
             )
+            error.quota = (key.model, key.bucket, "key_budget")
+            return error
         reset_at = _iso(self.reset_epoch(key.day))
         if limit == 0:
             message = f"Your account has no daily quota for `{key.model}` here ({key.bucket})."
@@ -246,7 +248,9 @@ class Admitter:
                 f"{needed} tokens and {remaining} of {limit} remain until {reset_at}. "
                 "Send a smaller max_tokens or wait for the reset."
             )
-        return insufficient_quota(message, headers=self.rate_headers(key, limit, remaining))
+        error = insufficient_quota(message, headers=self.rate_headers(key, limit, remaining))
+        error.quota = (key.model, key.bucket, "account")
+        return error
 
 
 def _span(prompt: int, max_tokens: int | None, choices: int, context: int) -> tuple[int, int]:

@@ -5,6 +5,12 @@ compared in constant time. Revocations reach the cache through a refresher that 
 the database once a second for keys revoked since its last look, so a revoked key
 stops working within about a second on every gateway sharing the database.
 
+The refresh is bounded by what changed, not by how many keys exist (it runs in every gateway
+process, every second, on PostgreSQL too): keys revoked in the last seconds (the `revoked_at`
+index) and the ids of disabled accounts (a partial index, migration 0008), whose cached keys
+are found through an index by account. Revocation times are the CLI's clock, so machines
+that share a database need clocks within the 5 s overlap (NTP).
+
 Nothing a client sends can grow memory without bound: a presented key must have the
 exact shape of ours (checked before any lookup), and every cache here has a size bound
 that evicts its oldest entries, so an attacker can neither fill memory nor flush the
@@ -19,10 +25,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from sqlalchemy import Engine, select
+
 from meshgate.accounts.keys import KEY_LENGTH, key_id_of, matches
 from meshgate.accounts.service import AccountStore
+from meshgate.accounts.worker_tokens import TOKEN_PREFIX as WORKER_TOKEN_PREFIX
 from meshgate.protocol.errors import ApiError, invalid_api_key
 from meshgate.server.http import Scope, header
+from meshgate.store.tables import accounts, api_keys
 
 log = logging.getLogger("meshgate.auth")
 
@@ -83,10 +93,19 @@ class RecentlyUnknown:
         until.move_to_end(key_id)
 
 
+def _changes(engine: Engine, revoked_since: float) -> tuple[list[str], list[int]]:
+    """Keys revoked since then, and the ids of disabled accounts: each read through an index."""
+    with engine.connect() as conn:
+        revoked = conn.execute(select(api_keys.c.id).where(api_keys.c.revoked_at >= revoked_since))
+        disabled = conn.execute(select(accounts.c.id).where(accounts.c.disabled))  # as the partial index says it
+        return [r[0] for r in revoked], [r[0] for r in disabled]
+
+
 class KeyAuthenticator:
     def __init__(self, store: AccountStore) -> None:
         self._store = store
         self._keys: OrderedDict[str, _CachedKey] = OrderedDict()  # oldest first, for eviction
+        self._by_account: dict[int, set[str]] = {}  # the cached key ids of each account
         self._unknown = RecentlyUnknown(_NEGATIVE_TTL, _MAX_NEGATIVE)
         self._last_used: dict[str, float] = {}  # only keys that authenticated; emptied by each refresh
         self._revoked_checked_at = time.time()
@@ -107,6 +126,10 @@ class KeyAuthenticator:
         secret = token.strip().decode("latin-1")
         key_id = key_id_of(secret)
         if key_id is None:
+            if secret.startswith(WORKER_TOKEN_PREFIX):
+                raise invalid_api_key(
+                    "This is a worker token: it can only register workers with the gateway. Use an API key here."
+                )
             raise invalid_api_key()
         cached = self._keys.get(key_id)
         if cached is None:
@@ -133,13 +156,20 @@ class KeyAuthenticator:
         cached = _CachedKey(key.secret_hash, principal, key.expires_at)
         keys = self._keys
         if key_id not in keys and len(keys) >= _MAX_KEYS:
-            keys.popitem(last=False)
+            self.forget([next(iter(keys))])
         keys[key_id] = cached
+        self._by_account.setdefault(key.account_id, set()).add(key_id)
         return cached
 
     def forget(self, key_ids: list[str]) -> None:
         for key_id in key_ids:
-            self._keys.pop(key_id, None)
+            cached = self._keys.pop(key_id, None)
+            if cached is not None:
+                siblings = self._by_account.get(cached.principal.account_id)
+                if siblings is not None:
+                    siblings.discard(key_id)
+                    if not siblings:
+                        del self._by_account[cached.principal.account_id]
 
     async def refresh(self) -> None:
         """Drop revoked keys and disabled accounts' keys from the cache, write last-use times.
@@ -148,7 +178,9 @@ class KeyAuthenticator:
         """
         since = self._revoked_checked_at - 5.0  # overlap: a revocation committed during the last look
         self._revoked_checked_at = time.time()
-        self.forget(await asyncio.to_thread(self._store.keys_to_refuse, since))
+        revoked, disabled = await asyncio.to_thread(_changes, self._store.engine, since)
+        by_account = self._by_account
+        self.forget(revoked + [k for account in disabled if account in by_account for k in by_account[account]])
         if self._last_used:
             last_used, self._last_used = self._last_used, {}
             await asyncio.to_thread(self._store.touch_keys, last_used)

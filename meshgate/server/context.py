@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from meshgate.server.admission import Admission, Counter
 from meshgate.server.auth import Principal
+from meshgate.server.reasoning import ReasoningShaper
 from meshgate.server.state import ModelRoute
 
 
@@ -14,6 +16,8 @@ from meshgate.server.state import ModelRoute
 class StreamOptions:
     include_usage: bool  # the client asked for the final usage event
     client_continuous: bool  # the client asked for usage in every event (vLLM's continuous_usage_stats)
+    legacy: bool = False  # /completions: `text_completion` events, the text in `choices[].text`
+    echo_pieces: int = 0  # text events that are an echoed prompt, not generated tokens (echo with max_tokens 0)
 
 
 @dataclass(slots=True)
@@ -27,6 +31,10 @@ class RequestContext:
     choices: int = 1
     stream: StreamOptions | None = None  # None: a plain JSON answer
     count_prompt: Counter | None = None  # the engine's exact prompt count, for charging a request cut short
+    # Told (prompt, completion, outcome) right after the one settle, before the last bytes go out (the web
+    # chat keeps what its answer was charged); None for API requests.
+    on_settle: Callable[[int, int, str], None] | None = None
+    reasoning: ReasoningShaper | None = None  # a reasoning model's answers, shaped (server/reasoning.py)
 
     @property
     def completion_limit(self) -> int:

@@ -11,16 +11,16 @@ import random
 import time
 from typing import Any
 
-from meshgate.catalog.spec import BUCKETS
 from meshgate.catalog.tokens import MAX_BYTES_PER_TOKEN, chat_prompt_bound, embedding_input_bound, prompt_floor
 from meshgate.protocol.errors import ApiError, invalid_request, model_not_found
 from meshgate.protocol.models import model_card
-from meshgate.protocol.requests import parse_chat, parse_embeddings
-from meshgate.quota.ledger import WindowKey
+from meshgate.protocol.requests import CompletionRequest, parse_chat, parse_completions, parse_embeddings
 from meshgate.server.admission import Counter, Demand, key_budget, today
 from meshgate.server.auth import Principal
 from meshgate.server.context import RequestContext, StreamOptions
+from meshgate.server.features import check_capabilities, normalize_history, prepare, shaper_for
 from meshgate.server.http import JSON_HEADERS, Receive, Scope, Send, parse_json, read_body, send_bytes, send_json
+from meshgate.server.logs import name_request
 from meshgate.server.serving import serve
 from meshgate.server.state import Gateway, ModelRoute
 
@@ -29,8 +29,10 @@ _ids = random.Random(_random_bits(256))  # seeded from the OS once; no getrandom
 
 
 def new_request_id(prefix: str) -> str:
-    """96 random bits, as hex (request ids need to be unique, not secret)."""
-    return f"{prefix}{_ids.getrandbits(96):024x}"
+    """96 random bits, as hex (request ids need to be unique, not secret); the answer's x-request-id."""
+    request_id = f"{prefix}{_ids.getrandbits(96):024x}"
+    name_request(request_id)  # unless the client sent its own
+    return request_id
 
 
 # ---------------------------------------------------------------- models
@@ -66,9 +68,16 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
         raise invalid_request("this model's local llama.cpp engine supports only n = 1", param="n")
     request_id = new_request_id("chatcmpl-")
     body = request.body
-    bound = chat_prompt_bound(body)
-    demand = Demand(bound, prompt_floor(bound, len(body["messages"])), request.max_tokens, request.n)
-    count = _chat_counter(route, body)
+    needs, caps = request.needs, route.spec.capabilities
+    if needs is not None:  # reasoning, tools, structured output, logprobs, images: does the model have them?
+        check_capabilities(route.spec, needs, body)
+        prepare(body, route.spec, needs)
+    if caps.reasoning:
+        normalize_history(body)
+    bound = chat_prompt_bound(body, caps.image_tokens)
+    images = needs.images * caps.image_tokens if needs is not None else 0  # no floor for images: never overcount
+    demand = Demand(bound, prompt_floor(bound - images, len(body["messages"])), request.max_tokens, request.n)
+    count = chat_counter(route, body)
     admission = await gw.admitter.admit_chat(
         request_id, principal, route.spec, "api", demand, count, route.context_length
     )
@@ -85,10 +94,11 @@ async def chat_completions(gw: Gateway, scope: Scope, receive: Receive, send: Se
         options["continuous_usage_stats"] = True
         body["stream_options"] = options
     ctx = RequestContext(request_id, principal, route, b"/chat/completions", body, admission, request.n, stream, count)
+    ctx.reasoning = shaper_for(route.spec, needs)
     await serve(gw, ctx, receive, send)
 
 
-def _chat_counter(route: ModelRoute, body: dict[str, Any]) -> Counter | None:
+def chat_counter(route: ModelRoute, body: dict[str, Any]) -> Counter | None:
     """The exact count of a chat prompt, for admission to ask for where the bound does not fit."""
     counter = route.prompt_counter
     if counter is None:
@@ -119,6 +129,100 @@ def _texts_counter(route: ModelRoute, inputs: list[str] | list[list[int]]) -> Co
         return sum(counted) + sum(len(item) for item in inputs if isinstance(item, list))
 
     return count
+
+
+# ---------------------------------------------------------------- legacy completions
+
+
+async def completions(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+    """`POST /completions`: admitted, served and settled as chat is, a prompt instead of messages."""
+    principal = await gw.auth.authenticate(scope)
+    request = parse_completions(
+        parse_json(await read_body(scope, receive, gw.settings.max_body_bytes)), gw.settings.extra_fields
+    )
+    route = gw.route_for(request.model, "chat")
+    _check_completion_support(route, request)
+    prompts, n, max_tokens = request.prompts, request.n, request.max_tokens
+    context = route.context_length
+    _check_prompt_sizes(prompts, context, max_tokens)
+    bound = embedding_input_bound(prompts)  # exact for token ids, bytes (+ BOS/EOS) for texts
+    if request.suffix:
+        bound += len(request.suffix.encode())
+    exact = not request.suffix and all(isinstance(item, list) for item in prompts)
+    # Each prompt is a request of its own to the engine, `n` choices each; the context bounds each of them,
+    # so admission sees the prompts' total within `len(prompts)` contexts (each one was checked above).
+    demand = Demand(bound, bound if exact else prompt_floor(bound, 0), max_tokens, n * len(prompts), exact=exact)
+    request_id = new_request_id("cmpl-")
+    count = None if request.suffix else _texts_counter(route, prompts)
+    admission = await gw.admitter.admit_chat(
+        request_id, principal, route.spec, "api", demand, count, context * len(prompts)
+    )
+    body = request.body
+    body["max_tokens"] = admission.max_tokens  # 16 when the client sent none, as OpenAI's default
+    stream = None
+    if request.stream:
+        options = dict(body.get("stream_options") or {})
+        # With max_tokens 0 an echoed prompt is an event of its own (vLLM): text, but no generated token.
+        echoed = n * len(prompts) if request.echo and max_tokens == 0 else 0
+        stream = StreamOptions(
+            request.include_usage, options.get("continuous_usage_stats") is True, legacy=True, echo_pieces=echoed
+        )
+        options["include_usage"] = True
+        options["continuous_usage_stats"] = True
+        body["stream_options"] = options
+    ctx = RequestContext(
+        request_id, principal, route, b"/completions", body, admission, n * len(prompts), stream, count
+    )
+    await serve(gw, ctx, receive, send)
+
+
+def _check_completion_support(route: ModelRoute, request: CompletionRequest) -> None:
+    """What the model's engine cannot do is refused before any work, naming the field."""
+    spec = route.spec
+    if request.suffix is not None and not spec.suffix:
+        raise invalid_request(
+            f"`{spec.id}` does not take 'suffix' here: its engine has no fill-in-the-middle at /completions",
+            param="suffix",
+            code="unsupported_by_model",
+        )
+    if spec.local is None or spec.local.engine != "llama.cpp":
+        return
+    # llama.cpp's server refuses echo, and reports the usage of one sequence only.
+    if request.echo:
+        raise invalid_request(
+            "this model's local llama.cpp engine does not echo the prompt", param="echo", code="unsupported_by_model"
+        )
+    if request.n > 1:
+        raise invalid_request("this model's local llama.cpp engine supports only n = 1", param="n")
+    if len(request.prompts) > 1:
+        raise invalid_request("this model's local llama.cpp engine takes one prompt per request", param="prompt")
+
+
+def _check_prompt_sizes(prompts: list[str] | list[list[int]], context: int, max_tokens: int) -> None:
+    """A prompt that surely does not fit the context with its completion is refused before any engine sees it."""
+    if max_tokens >= context:
+        raise ApiError(
+            400,
+            f"This model's maximum context length is {context} tokens; max_tokens of {max_tokens} leaves no room "
+            "for the prompt.",
+            code="context_length_exceeded",
+            param="max_tokens",
+        )
+    room = context - max_tokens
+    for i, item in enumerate(prompts):
+        if isinstance(item, str):  # at least len/32 tokens (catalog/tokens.py): a huge string is never encoded
+            too_long = len(item) > room * MAX_BYTES_PER_TOKEN or len(item.encode()) // MAX_BYTES_PER_TOKEN > room
+        else:
+            too_long = len(item) > room
+        if too_long:
+            where = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {context} tokens: {where} with max_tokens {max_tokens} "
+                "does not fit. Please reduce the length of the prompt or completion.",
+                code="context_length_exceeded",
+                param="prompt",
+            )
 
 
 # ---------------------------------------------------------------- embeddings
@@ -166,25 +270,7 @@ async def usage_today(gw: Gateway, scope: Scope, receive: Receive, send: Send) -
     principal = await gw.auth.authenticate(scope)
     day = today()
     reset = gw.admitter.reset_epoch(day)
-    rows = []
-    for route in gw.routes.values():
-        if principal.models is not None and route.spec.id not in principal.models:
-            continue
-        for bucket in BUCKETS:
-            limit = gw.admitter.policy.limit(principal.account_id, route.spec, bucket)
-            if limit is None:
-                continue
-            window = await gw.ledger.window(WindowKey(principal.account_id, route.spec.id, bucket, day))
-            rows.append(
-                {
-                    "model": route.spec.id,
-                    "bucket": bucket,
-                    "used": window.used,
-                    "reserved": window.reserved,
-                    "limit": limit,
-                    "remaining": max(limit - window.used - window.reserved, 0),
-                }
-            )
+    rows = await gw.usage_rows(principal.account_id, principal.models)
     answer: dict[str, Any] = {
         "object": "usage",
         "day": day,

@@ -27,6 +27,7 @@ def attach_local_workers(app: Gateway, models: list[ModelSpec]) -> list[LocalWor
         port = free_port()
         replica = Replica(UpstreamSpec(url=f"http://127.0.0.1:{port}/v1", model=spec.id))
         replica.healthy = False  # until the model has loaded
+        replica.source = "local"  # as `meshgate workers list` shows it
 
         def on_state(ready: bool, replica: Replica = replica, name: str = spec.id) -> None:
             replica.healthy = ready

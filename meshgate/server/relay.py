@@ -17,6 +17,7 @@ import orjson
 
 from meshgate.protocol.errors import ApiError, upstream_error
 from meshgate.protocol.sse import DONE, EventSplitter, data_of, event
+from meshgate.server.reasoning import ReasoningShaper
 from meshgate.workers.http_client import UpstreamResponse
 
 log = logging.getLogger("meshgate.relay")
@@ -82,12 +83,16 @@ def _error_message(body: bytes) -> str | None:
     return message if isinstance(message, str) else None
 
 
-def finish_json(data: bytes, usage: Usage, public_model: str) -> bytes:
-    """Take the usage out of a complete JSON answer and give it the model name the client asked for."""
+def finish_json(data: bytes, usage: Usage, public_model: str, shaper: ReasoningShaper | None = None) -> bytes:
+    """Take the usage out of a complete JSON answer and give it the model name the client asked for
+    (and a reasoning model's reasoning its two names, or none: `shaper`)."""
     parsed = orjson.loads(data)
     if not isinstance(parsed, dict):
         raise upstream_error(502, "the model's upstream sent an unexpected answer")
     usage.absorb(parsed.get("usage"))
+    if shaper is not None and shaper.answer(parsed):
+        parsed["model"] = public_model
+        return orjson.dumps(parsed)
     if parsed.get("model") != public_model:
         parsed["model"] = public_model
         return orjson.dumps(parsed)
@@ -120,8 +125,8 @@ def _delivered_text(choice: Any, pieces: list[str]) -> int:
     if len(delta) > (content is not None) + ("role" in delta):  # more than content and role: look further
         for name in _OTHER_TEXT:
             value = delta.get(name)
-            if value is None:
-                continue
+            if value is None or (name == "reasoning" and value == delta.get("reasoning_content")):
+                continue  # an engine that sends both names sent one text
             if type(value) is str:
                 if value:
                     pieces.append(value)
@@ -152,6 +157,7 @@ class StreamRelay:
     """
 
     __slots__ = (
+        "_legacy",
         "_public",
         "_splitter",
         "client_continuous",
@@ -161,6 +167,7 @@ class StreamRelay:
         "include_usage",
         "last_event",
         "pieces",
+        "shaper",
         "started",
         "text_events",
         "usage",
@@ -174,15 +181,22 @@ class StreamRelay:
         client_continuous: bool,
         completion_limit: int,
         max_event_bytes: int = 1 << 20,
+        legacy: bool = False,
+        echo_pieces: int = 0,
+        shaper: ReasoningShaper | None = None,
     ) -> None:
         self._splitter = EventSplitter(max_event_bytes)
+        self.shaper = shaper  # a reasoning model's deltas: both names, inline <think> split out, or none
         self._public = public_model
         self.include_usage = include_usage
         self.client_continuous = client_continuous  # the client itself asked for usage in every event
         self.completion_limit = completion_limit
         self.usage = Usage()
         self.pieces: list[str] = []  # the generated text delivered, for counting a stream cut short
-        self.text_events = 0  # choice deltas that carried text: a floor on completion tokens
+        # Choice deltas that carried text: a floor on completion tokens. Echoed prompts that are events
+        # of their own (legacy completions, echo with max_tokens 0) are not tokens: they start it below 0.
+        self.text_events = -echo_pieces
+        self._legacy = legacy  # /completions: closing events are `text_completion` objects
         self.done = False
         self.cut = False
         self.started = False  # the response has started: what follows is delivered and charged
@@ -251,14 +265,22 @@ class StreamRelay:
                     self.cut = True
                     return None
                 self.text_events += found
+            # Shaped after counting: what the engine generated is charged, shown or not.
+            if self.shaper is not None and self.shaper.stream(choices):
+                changed = True
         self.last_event = parsed
         return event(orjson.dumps(parsed)) if changed else ev
 
     def closing_events(self, completion_tokens: int, prompt_tokens: int) -> bytes:
         """For a stream cut at the reservation: a last chunk saying why, and the usage if asked for."""
         last_id = self.last_event.get("id") if self.last_event is not None else None
-        base: dict[str, Any] = {"id": last_id or "", "object": "chat.completion.chunk", "model": self._public}
-        out = [event(orjson.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}))]
+        if self._legacy:
+            base: dict[str, Any] = {"id": last_id or "", "object": "text_completion", "model": self._public}
+            choice: dict[str, Any] = {"index": 0, "text": "", "logprobs": None, "finish_reason": "length"}
+        else:
+            base = {"id": last_id or "", "object": "chat.completion.chunk", "model": self._public}
+            choice = {"index": 0, "delta": {}, "finish_reason": "length"}
+        out = [event(orjson.dumps({**base, "choices": [choice]}))]
         if self.include_usage:
             usage = {
                 "prompt_tokens": prompt_tokens,

@@ -24,6 +24,8 @@ from meshgate.protocol.sse import DONE, EventTooLarge, event
 from meshgate.server.context import RequestContext
 from meshgate.server.hangup import HangUpWatch
 from meshgate.server.http import JSON_HEADERS, SSE_HEADERS, ClientGone, Receive, Send, send_bytes
+from meshgate.server.logs import CURRENT
+from meshgate.server.metrics import RouteMetrics, endpoint_of, status_class
 from meshgate.server.relay import StreamRelay, Usage, finish_json, map_upstream_failure, read_error_body
 from meshgate.server.state import Gateway
 from meshgate.workers.http_client import UpstreamError, UpstreamResponse, UpstreamTimeout, UpstreamTooLarge
@@ -39,6 +41,7 @@ class Charge:
     prompt: int = 0
     completion: int = 0
     outcome: str = "upstream_error"
+    first_text_at: float = 0.0  # a stream: when the first generated text went to the client (monotonic)
 
     def set(self, prompt: int, completion: int, outcome: str) -> None:
         self.prompt, self.completion, self.outcome = prompt, completion, outcome
@@ -47,6 +50,11 @@ class Charge:
 async def serve(gw: Gateway, ctx: RequestContext, receive: Receive, send: Send) -> None:
     """Relay one admitted request and settle its reservation exactly once."""
     charge = Charge()
+    mark = CURRENT.get()
+    started = mark.started if mark is not None else time.monotonic()
+    observed = gw.metrics.route(ctx.route.spec.id, ctx.admission.reservation.key.bucket)
+    if observed is not None:
+        observed.in_flight += 1
     watch = HangUpWatch(receive)
     relay = _stream_relay(gw, ctx)
     answer: bytes | None = None
@@ -66,6 +74,11 @@ async def serve(gw: Gateway, ctx: RequestContext, receive: Receive, send: Send) 
         charge.prompt = await _prompt_charge(ctx)
         charge.completion = await _count_delivered(ctx, relay)
     await gw.ledger.settle(ctx.admission.reservation, charge.prompt, charge.completion, charge.outcome)
+    error = None if failure is None or watch.gone or (relay is not None and relay.started) else _as_api_error(failure)
+    if observed is not None:
+        _observe(observed, ctx, charge, watch.gone, relay, failure, error, started)
+    if ctx.on_settle is not None:
+        ctx.on_settle(charge.prompt, charge.completion, charge.outcome)
     if watch.gone:
         raise ClientGone()
     if failure is not None and relay is not None and relay.started:
@@ -75,8 +88,10 @@ async def serve(gw: Gateway, ctx: RequestContext, receive: Receive, send: Send) 
         log.error("stream %s failed after it started", ctx.request_id, exc_info=failure)
         await send({"type": "http.response.body", "body": _error_event(failure), "more_body": False})
         return
-    if failure is not None:
-        raise _as_api_error(failure) from None
+    if error is not None:
+        if isinstance(error, ApiError):
+            error.counted = True
+        raise error from None
     if answer is not None:
         headers = JSON_HEADERS + await gw.admitter.headers_after(ctx.admission.reservation)
         await send_bytes(send, 200, answer, headers)
@@ -96,6 +111,9 @@ def _stream_relay(gw: Gateway, ctx: RequestContext) -> StreamRelay | None:
         client_continuous=ctx.stream.client_continuous,
         completion_limit=ctx.completion_limit,
         max_event_bytes=gw.settings.max_event_bytes,
+        legacy=ctx.stream.legacy,
+        echo_pieces=ctx.stream.echo_pieces,
+        shaper=ctx.reasoning,
     )
 
 
@@ -148,7 +166,7 @@ async def _answer(gw: Gateway, ctx: RequestContext, charge: Charge, watch: HangU
     finally:
         _close(ctx, replica, response)
     usage = Usage()
-    data = finish_json(data, usage, ctx.route.spec.id)
+    data = finish_json(data, usage, ctx.route.spec.id, ctx.reasoning)
     admission = ctx.admission
     if usage.invalid:
         log.error("upstream %s reported invalid usage; charged as if it reported none", replica.spec.url)
@@ -192,6 +210,8 @@ async def _stream(
             gw.ledger.progress(ctx.admission.reservation, prompt, relay.generated())  # what a crash charges
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
+                if not charge.first_text_at and relay.text_events > 0:
+                    charge.first_text_at = time.monotonic()
             if relay.cut:
                 outcome = "cut_at_limit"
                 log.error(
@@ -215,9 +235,56 @@ async def _stream(
         if usage.reported:
             charge.set(usage.prompt_tokens, max(usage.completion_tokens, relay.text_events), outcome)
         else:
-            charge.set(ctx.admission.prompt_estimate, relay.text_events, outcome)  # refined in `serve`
+            charge.set(ctx.admission.prompt_estimate, max(relay.text_events, 0), outcome)  # refined in `serve`
     if usage.invalid:
         log.error("upstream %s reported invalid usage in a stream; counted by content", replica.spec.url)
+
+
+def _observe(
+    observed: RouteMetrics,
+    ctx: RequestContext,
+    charge: Charge,
+    gone: bool,
+    relay: StreamRelay | None,
+    failure: BaseException | None,
+    error: BaseException | None,
+    started: float,
+) -> None:
+    """The request in the metrics, once, right after its settlement: what it was charged, how it ended."""
+    endpoint = endpoint_of(ctx.upstream_path)
+    if gone:
+        status = "disconnect"
+    elif isinstance(error, ApiError):
+        status = status_class(error.status)
+    else:
+        status = "5xx" if error is not None else "2xx"  # a stream that failed after it started was a 200
+    ttft = charge.first_text_at - started if charge.first_text_at else None
+    kind = _upstream_error_kind(failure, charge, relay, gone)
+    observed.finish(endpoint, status, charge.prompt, charge.completion, time.monotonic() - started, ttft, kind)
+
+
+def _upstream_error_kind(
+    failure: BaseException | None, charge: Charge, relay: StreamRelay | None, gone: bool
+) -> str | None:
+    if gone:
+        return None
+    if relay is not None and relay.started and (failure is not None or charge.outcome == "upstream_error"):
+        return "stream"
+    if failure is None:
+        return None
+    if isinstance(failure, NoReplicaAvailable):
+        return "no_replica"
+    if isinstance(failure, UpstreamTimeout):
+        return "timeout"
+    if isinstance(failure, UpstreamTooLarge):
+        return "too_large"
+    if isinstance(failure, UpstreamError):
+        return "connect"
+    if isinstance(failure, orjson.JSONDecodeError):
+        return "invalid"
+    if isinstance(failure, ApiError):  # raised here only for an engine's error status or an odd answer
+        return "status"
+    return None
 
 
 def _error_event(exc: BaseException) -> bytes:
@@ -248,7 +315,7 @@ async def _count_delivered(ctx: RequestContext, relay: StreamRelay) -> int:
     tokenizers never make more tokens than bytes), but never fewer than the text events relayed.
     """
     if not relay.pieces:
-        return relay.text_events
+        return max(relay.text_events, 0)
     text = "".join(relay.pieces)
     counter = ctx.route.prompt_counter
     counted = await counter.count_texts([text], special=False) if counter is not None else None

@@ -3,6 +3,12 @@
 Each replica has a small circuit breaker: a failed connect takes it out of rotation for
 a cool-down that doubles with each further failure (up to 30 s); after the cool-down one
 request tries it again. Local workers also report their health directly (`set_healthy`).
+
+A model's replicas are its catalog upstreams and the workers registered for it
+(`membership.py` adds and removes those as they join and leave). A registered worker
+reports its engine's load: what is queued there (`waiting`, requests of every gateway
+process) counts on top of this process's own requests in flight, and a worker at its
+`max_concurrency` or with a full KV cache gets requests only when every replica is so.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from meshgate.workers.http_client import (
 
 _BASE_COOLDOWN = 0.5
 _MAX_COOLDOWN = 30.0
+KV_CACHE_FULL = 0.95  # beyond this vLLM starts preempting requests: send elsewhere if there is room
 
 
 @dataclass(eq=False, slots=True)
@@ -33,6 +40,15 @@ class Replica:
     healthy: bool = True  # as reported by a supervisor (local workers) or a registry
     failures: int = 0
     down_until: float = 0.0
+    # Registered workers (membership.py); catalog upstreams keep the defaults.
+    source: str = "catalog"  # or "registered", "local"
+    worker_id: str | None = None
+    engine: str | None = None  # the engine kind a registered worker said it runs
+    max_concurrency: int | None = None
+    queued: int = 0  # requests waiting in the engine at its last report (every gateway's)
+    kv_cache: float | None = None
+    running: int | None = None  # the engine's requests in flight at its last report (every gateway's)
+    heartbeat_at: float | None = None  # epoch seconds of its last heartbeat
 
     def __post_init__(self) -> None:
         self.origin = Origin.parse(self.spec.url)
@@ -52,6 +68,13 @@ class Replica:
             self.failures = 0
             self.down_until = 0.0
 
+    def full(self) -> bool:
+        cap = self.max_concurrency
+        if cap is not None and self.in_flight >= cap:
+            return True
+        kv = self.kv_cache
+        return kv is not None and kv >= KV_CACHE_FULL
+
 
 class NoReplicaAvailable(Exception):
     """Every replica of the model is down or refused the connection."""
@@ -61,6 +84,7 @@ class ReplicaSet:
     def __init__(self, replicas: list[Replica]) -> None:
         self.replicas = replicas
         self._turn = itertools.count()
+        self._reported = False  # a registered worker has joined: its load reports count in the choice
 
     def pick(self, exclude: set[Replica] | tuple[()] = ()) -> Replica | None:
         now = time.monotonic()
@@ -71,9 +95,25 @@ class ReplicaSet:
         candidates = [r for r in replicas if r.available(now) and r not in exclude]
         if not candidates:
             return None
-        least = min(r.in_flight for r in candidates)
-        tied = [r for r in candidates if r.in_flight == least]
+        if not self._reported:  # catalog upstreams only: least outstanding, as ever
+            least = min(r.in_flight for r in candidates)
+            tied = [r for r in candidates if r.in_flight == least]
+            return tied[next(self._turn) % len(tied)]
+        if len(candidates) > 1:
+            roomy = [r for r in candidates if not r.full()]
+            candidates = roomy or candidates
+        least = min(r.in_flight + r.queued for r in candidates)
+        tied = [r for r in candidates if r.in_flight + r.queued == least]
         return tied[next(self._turn) % len(tied)]
+
+    def add(self, replica: Replica) -> None:
+        """A replica joins (a registered worker): a new list, so a `pick` in progress is not disturbed."""
+        self.replicas = [*self.replicas, replica]
+        self._reported = True
+
+    def remove(self, replica: Replica) -> None:
+        """A replica leaves; its requests in flight finish (or fail) on their own."""
+        self.replicas = [r for r in self.replicas if r is not replica]
 
     async def send(
         self, client: HttpClient, path: bytes, encode: Callable[[Replica], bytes], timeout: float | None = None

@@ -106,9 +106,14 @@ class PoolCounter:
         replica = self._replicas.pick()
         if replica is None:
             return None
-        if replica not in self._counters:
-            self._counters[replica] = self._make(replica)
-        return self._counters[replica]
+        counters = self._counters
+        if replica not in counters:
+            if len(counters) >= len(self._replicas.replicas):  # registered workers left: forget their counters
+                members = set(self._replicas.replicas)
+                for gone in [r for r in counters if r not in members]:
+                    del counters[gone]
+            counters[replica] = self._make(replica)
+        return counters[replica]
 
     async def count_chat(self, body: dict[str, Any]) -> Count | None:
         counter = self._counter()

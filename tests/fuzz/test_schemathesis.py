@@ -34,7 +34,22 @@ SEED = int(os.environ.get("MESHGATE_FUZZ_SEED", "20250601"))
 CHAT_MODELS = ["meta-llama/Llama-3.3-70B-Instruct", "Qwen/Qwen2.5-VL-32B-Instruct"]
 EMBEDDING_MODELS = ["BAAI/bge-multilingual-gemma2"]
 # A 400 that only the gateway's state can decide: it says nothing about the document.
-SEMANTIC_400 = frozenset({"context_length_exceeded", "wrong_model_kind", "model_not_available_for_surface"})
+SEMANTIC_400 = frozenset(
+    {
+        "context_length_exceeded",
+        "wrong_model_kind",
+        "model_not_available_for_surface",
+        "unsupported_by_model",
+        # what the model's catalog entry says it can do (server/features.py), and images counted across messages
+        "images_not_supported",
+        "tools_not_supported",
+        "structured_output_not_supported",
+        "logprobs_not_supported",
+        "not_reasoning",
+        "reasoning_always_on",
+        "too_many_images",
+    }
+)
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
 
 seen: Counter[str] = Counter()  # "operation status" -> answers, reported when the module ends
@@ -63,6 +78,7 @@ def focused(document: dict[str, Any]) -> dict[str, Any]:
     """The published document with model names the catalog has, so requests get past routing."""
     schemas = {
         "/chat/completions": CHAT_MODELS,
+        "/completions": CHAT_MODELS,
         "/embeddings": EMBEDDING_MODELS,
     }
     for path, models in schemas.items():

@@ -33,6 +33,7 @@ def test_the_document_loads_as_openapi_with_every_operation() -> None:
     labels = {result.ok().label for result in schema.get_all_operations()}
     assert labels == {
         "POST /chat/completions",
+        "POST /completions",
         "POST /embeddings",
         "GET /models",
         "GET /models/{model}",
@@ -53,9 +54,19 @@ def test_request_schemas_list_exactly_the_accepted_fields() -> None:
 CHAT_ACCEPTED = [
     chat(),
     chat(stream=True, stream_options={"include_usage": True}),
-    chat(stop="x", logit_bias={"42": -100}, tools=[{"type": "function"}], n=3, max_tokens=2.0),
+    chat(
+        stop="x", logit_bias={"42": -100}, tools=[{"type": "function", "function": {"name": "f"}}], n=3, max_tokens=2.0
+    ),
     chat(messages=[{"role": "assistant", "content": None, "tool_calls": []}, {"role": "tool", "content": "r"}]),
-    chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+    chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/a.png"}}]}]),
+    chat(
+        messages=[
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}
+        ]
+    ),
+    chat(reasoning_content=False, reasoning={"effort": "low"}, reasoning_effort="high", logprobs=True, top_logprobs=3),
+    chat(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}], tool_choice="required"),
+    chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}),
     chat(top_k=5, guided_json={}, chat_template_kwargs={"enable_thinking": True}, store=True),
 ]
 CHAT_REFUSED_BODIES = [
@@ -64,6 +75,15 @@ CHAT_REFUSED_BODIES = [
     chat(messages=[{"role": "user"}]),
     chat(n_predict=5),
     chat(unknown=1),
+    chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+    chat(top_logprobs=2),
+    chat(tool_choice="auto"),
+    chat(tools=[]),
+    chat(tools=[{"type": "function"}]),
+    chat(response_format={"type": "json_schema"}),
+    chat(response_format={"type": "yaml"}),
+    chat(reasoning={"effort": "max"}),
+    chat(reasoning_effort="lots"),
     {"messages": [{"role": "user", "content": "x"}]},
 ]
 

@@ -76,7 +76,7 @@ def test_the_limits_themselves_are_accepted() -> None:
         messages=[{"role": "user", "content": parts}] + [HI] * (MAX_MESSAGES - 1),
         stop=["x"] * MAX_STOP,
         logit_bias={str(i): -100 for i in range(MAX_LOGIT_BIAS)},
-        tools=[{"type": "function"}] * MAX_TOOLS,
+        tools=[{"type": "function", "function": {"name": "f"}}] * MAX_TOOLS,
         n=128,
         max_tokens=MAX_INT32,
         seed=-(2**63),

@@ -22,14 +22,19 @@ from typing import Any
 import pytest
 import redis
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DataError
 
+from meshgate.config import normalize_database_url
 from meshgate.quota.history import UsageHistory
 from meshgate.quota.ledger import Budget, BudgetKey, Grant, Reservation, WindowKey, WindowUsage
 from meshgate.quota.redis_ledger import RedisLedger
 from meshgate.store.engine import migrate, sync_engine
+from tests.conftest import require_services, unavailable
 
 REDIS = os.environ.get("MESHGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES = os.environ.get("MESHGATE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES = normalize_database_url(
+    os.environ.get("MESHGATE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+)
 ROOT = Path(__file__).resolve().parents[2]
 KEY = WindowKey(1, "m", "api", "2026-11-25")
 BKEY = BudgetKey("key1", "2026-11-25T00:00Z")
@@ -374,6 +379,30 @@ async def test_a_failing_history_is_retried_until_durable(make: MakeLedger, db: 
     assert await ledger.window(KEY) == WindowUsage(50, 0)
 
 
+async def test_an_event_the_history_refuses_does_not_hold_back_the_others(
+    make: MakeLedger, db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A value the database cannot store is refused however often it is sent: it must not stall the
+    # charges queued behind it (every later settle would wait forever), nor be lost from Redis.
+    ledger = make()
+    grants = [await ledger.reserve(f"r{i}", KEY, 1000, 100, 100, "key1", budget(1000)) for i in range(3)]
+    real = ledger._history.write
+
+    def refusing(events: Any) -> Any:
+        if any(e.request_id == "r1" for e in events):
+            raise DataError("INSERT …", {}, ValueError("value too long for type character varying(16)"))
+        return real(events)
+
+    ledger._history.write = refusing  # type: ignore[method-assign]
+    charged = await asyncio.wait_for(
+        asyncio.gather(*(ledger.settle(held(g), 10 * (i + 1), 0) for i, g in enumerate(grants))), 10
+    )
+    assert charged == [10, 20, 30]
+    assert set(history(db)["events"]) == {"r0", "r2"}  # the refused one is left out of the history…
+    assert await ledger.window(KEY) == WindowUsage(60, 0)  # …but still counted against the quota
+    assert any(r.levelname == "ERROR" and "r1" in r.getMessage() for r in caplog.records)
+
+
 # ---------------------------------------------------------------- several processes on one Redis
 
 
@@ -618,14 +647,14 @@ async def test_a_sigkilled_process_leaves_nothing_held_past_the_ttl(prefix: str,
 
 @pytest.fixture
 def postgres() -> Iterator[str]:
-    pytest.importorskip("psycopg")
+    require_services()  # skipped without PostgreSQL and Redis; a failure under CI=true
     schema = f"mgtest_{os.urandom(4).hex()}"
     admin = create_engine(POSTGRES)
     try:
         with admin.begin() as conn:
             conn.execute(text(f"CREATE SCHEMA {schema}"))
     except Exception as exc:
-        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
+        unavailable(f"no PostgreSQL at {POSTGRES}: {exc}")
     url = f"{POSTGRES}?options=-csearch_path%3D{schema}"
     migrate(url)
     yield url

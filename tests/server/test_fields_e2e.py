@@ -153,4 +153,6 @@ def test_the_openapi_document_needs_no_key(gateway: LiveGateway) -> None:
     assert response.status_code == 200 and response.headers["content-type"].startswith("application/json")
     document = response.json()
     assert document["openapi"].startswith("3.1")
-    assert {"/chat/completions", "/embeddings", "/models", "/models/{model}", "/usage"} == set(document["paths"])
+    assert {"/chat/completions", "/completions", "/embeddings", "/models", "/models/{model}", "/usage"} == set(
+        document["paths"]
+    )

@@ -17,6 +17,10 @@ import pytest
 from tests.conftest import MESHGATE, ROOT, FakeUpstream, LiveGateway, catalog_for, free_port, start_gateway, stop
 from tests.fakes.upstream import prompt_tokens
 
+# SQLite's lock, one server per database, crash recovery from open_reservations: the embedded ledger's own
+# promises (the shared ledger's are in tests/quota/test_redis_ledger.py and tests/scaleout).
+pytestmark = pytest.mark.embedded_ledger
+
 LLAMA = "meta-llama/Llama-3.3-70B-Instruct"
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -106,7 +110,8 @@ def test_a_locked_database_stalls_nothing_and_loses_no_charge(fake_upstream: Fak
         locker.close()
 
         assert [status for status, _ in results] == [200] * 24
-        assert len(health) > 40 and max(health) < 0.5, f"/health took up to {max(health):.2f} s"
+        # a server that waited on the lock would answer after the ~7 s it is held; the margin is for a loaded CI machine
+        assert len(health) > 40 and max(health) < 1.0, f"/health took up to {max(health):.2f} s"
         told = {"warm": 0, "cold": 0}
         for i, (_, total) in enumerate(results):
             assert total > 0

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import openai
 import pytest
 
 from meshgate.engines.builtin import resolve_builtin
-from tests.conftest import LiveGateway, start_gateway, stop
+from tests.conftest import LiveGateway, start_gateway, stop, until_served
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +41,14 @@ path = "{folder}"
     try:
         _, key = live.new_account()
         client = live.client(key)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                client.chat.completions.create(
-                    model="my-org/my-chat-model", messages=[{"role": "user", "content": "hi"}], max_tokens=1
-                )
-                client.embeddings.create(model="my-org/my-embedder", input="hi")
-                break
-            except openai.APIStatusError as error:
-                assert error.status_code == 503, error
-                assert time.monotonic() < deadline, "local workers from the catalog did not become ready"
-                time.sleep(0.5)
+
+        def both() -> None:
+            client.chat.completions.create(
+                model="my-org/my-chat-model", messages=[{"role": "user", "content": "hi"}], max_tokens=1
+            )
+            client.embeddings.create(model="my-org/my-embedder", input="hi")
+
+        until_served(both, 120, lambda: "local workers from the catalog did not become ready")
         yield live, key
     finally:
         assert live.process is not None

@@ -15,44 +15,22 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MESHGATE, ROOT, LiveGateway, free_port, stop, wait_http
+from tests.conftest import (
+    LOCAL_CHAT,
+    LOCAL_EMBED,
+    LiveGateway,
+    local_default_gateway,
+)
 
-CHAT = "HuggingFaceTB/SmolLM2-135M-Instruct"
-EMBED = "sentence-transformers/all-MiniLM-L6-v2"
+CHAT, EMBED = LOCAL_CHAT, LOCAL_EMBED
 
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveGateway, str]]:
     home = tmp_path_factory.mktemp("local-default")
-    port = free_port()
-    env = {**os.environ, "MESHGATE_HOME": str(home), "MESHGATE_AUTH_REFRESH_SECONDS": "0.2"}
-    env.pop("MESHGATE_DATABASE_URL", None)
-    log = open(home / "serve.log", "wb")  # noqa: SIM115 - written by the server until it stops
-    process = subprocess.Popen([*MESHGATE, "serve", "--port", str(port)], env=env, cwd=ROOT, stdout=log, stderr=log)
-    live = LiveGateway(home, port, process, env)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", process=process)
-        key = (home / "local-api-key").read_text().strip()
+    with local_default_gateway(home) as (live, key):
         assert key in (home / "serve.log").read_text()  # printed for the user, with the snippets
-        deadline = time.monotonic() + 120
-        while not _ready(live, key):
-            assert time.monotonic() < deadline, (home / "serve.log").read_text()[-3000:]
-            time.sleep(0.5)
         yield live, key
-    finally:
-        stop(process)
-        log.close()
-
-
-def _ready(live: LiveGateway, key: str) -> bool:
-    client = live.client(key)
-    try:
-        client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
-        client.embeddings.create(model=EMBED, input="hi")
-    except openai.APIStatusError as error:
-        assert error.status_code == 503, error  # loading: a clean 503, never a hang or a 500
-        return False
-    return True
 
 
 def test_real_chat_answer_with_usage(local: tuple[LiveGateway, str]) -> None:
@@ -193,3 +171,21 @@ def test_admission_counts_the_prompt_with_the_models_own_tokenizer(local: tuple[
             client.chat.completions.create(model=CHAT, messages=messages, max_tokens=3)  # type: ignore[arg-type]
     finally:
         live.set_quota("local", key, CHAT, "api", 500_000)
+
+
+def test_legacy_completions_on_the_local_engine(local: tuple[LiveGateway, str]) -> None:
+    live, key = local
+    client = live.client(key)
+    before = live.window(key, CHAT)["used"]
+    completion = client.completions.create(model=CHAT, prompt="The capital of France is", max_tokens=4, logprobs=2)
+    assert completion.model == CHAT and completion.choices[0].text
+    usage = completion.usage
+    assert usage is not None and usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 4
+    chunks = list(client.completions.create(model=CHAT, prompt="One, two,", max_tokens=3, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices)
+    window = live.window(key, CHAT)
+    assert window["reserved"] == 0 and window["used"] > before + usage.total_tokens
+    for fields, param in (({"echo": True}, "echo"), ({"n": 2}, "n"), ({"prompt": ["a", "b"]}, "prompt")):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(**{"model": CHAT, "prompt": "x", "max_tokens": 2, **fields})  # type: ignore[call-overload]
+        assert info.value.param == param

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 
 import httpx
@@ -19,19 +18,16 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 def settled_in_database(gateway: LiveGateway, account: str) -> tuple[int, int]:
     """(sum of the usage history, the window's durable total) for the account today."""
-    db = sqlite3.connect(gateway.home / "meshgate.db")
-    try:
-        (account_id,) = db.execute("SELECT id FROM accounts WHERE name=?", (account,)).fetchone()
-        (history,) = db.execute(
-            "SELECT COALESCE(SUM(total_tokens), 0) FROM usage_events WHERE account_id=? AND model=?",
-            (account_id, LLAMA),
-        ).fetchone()
-        (window,) = db.execute(
-            "SELECT COALESCE(SUM(used), 0) FROM quota_usage WHERE account_id=? AND model=?", (account_id, LLAMA)
-        ).fetchone()
-        return int(history), int(window)
-    finally:
-        db.close()
+    ((account_id,),) = gateway.query("SELECT id FROM accounts WHERE name = :name", name=account)
+    ((history,),) = gateway.query(
+        "SELECT COALESCE(SUM(total_tokens), 0) FROM usage_events WHERE account_id = :a AND model = :m",
+        a=account_id,
+        m=LLAMA,
+    )
+    ((window,),) = gateway.query(
+        "SELECT COALESCE(SUM(used), 0) FROM quota_usage WHERE account_id = :a AND model = :m", a=account_id, m=LLAMA
+    )
+    return int(history), int(window)  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize("stream", [False, True])
