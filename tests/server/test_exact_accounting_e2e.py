@@ -129,7 +129,7 @@ def test_plain_request_whose_client_leaves_is_cancelled_and_charged_the_prompt(
         )
     left = time.monotonic()
     wait_for(lambda: fake_upstream.stats()["cancelled"] == cancelled + 1, what="the engine to see the cancel")
-    assert time.monotonic() - left < 1.0
+    assert time.monotonic() - left < 3.0  # the engine would answer after ~5 s
     wait_for(lambda: history(live, name), what="the settlement")
     assert history(live, name) == [(HI_TOKENS, 0, "client_disconnect")]  # the prompt by the engine's count
     window = live.window(key, LLAMA)
@@ -229,7 +229,7 @@ def test_a_stalled_stream_ends_within_the_idle_limit_and_charges_what_was_delive
     ) as response:
         events = sse_events(response)
     elapsed = time.monotonic() - started
-    assert 0.9 < elapsed < 3.0  # MESHGATE_STREAM_IDLE_TIMEOUT=1
+    assert 0.9 < elapsed < 6.0  # MESHGATE_STREAM_IDLE_TIMEOUT=1; without it, the client gives up at 10 s
     content = [e for e in events if "choices" in e and e["choices"] and e["choices"][0]["delta"].get("content")]  # type: ignore[index, union-attr]
     assert len(content) == 3
     error = events[-1]["error"]

@@ -170,4 +170,4 @@ def test_a_trickling_answer_hits_the_total_time_limit(live: LiveGateway, fake_up
             model=MODEL, messages=HI, max_tokens=5, extra_body={"mock": {"trickle_ms": 100}}
         )  # type: ignore[call-overload]
     assert info.value.status_code == 504
-    assert 1.9 < time.monotonic() - started < 4  # MESHGATE_UPSTREAM_RESPONSE_TIMEOUT=2, in all
+    assert 1.9 < time.monotonic() - started < 8  # MESHGATE_UPSTREAM_RESPONSE_TIMEOUT=2, in all; the client waits 20

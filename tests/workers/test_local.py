@@ -108,7 +108,7 @@ async def test_crashing_worker_is_retried_with_backoff_and_stops_cleanly() -> No
     assert worker.restarts >= 1
     started = time.monotonic()
     await worker.stop()
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5
     assert states == []  # never became ready, so never reported a change
 
 

@@ -195,7 +195,7 @@ async def test_a_stalled_tokenize_gives_none_within_the_timeout(
     counter = TokenizeCounter(client, replica_of(fake_upstream), timeout=0.3)
     started = time.monotonic()
     assert await counter.count_chat(with_message_mock({"hang": True})) is None
-    assert 0.3 <= time.monotonic() - started < 1.5
+    assert 0.3 <= time.monotonic() - started < 3.0  # the fake hangs for good
     # A timeout says nothing about the route: the next request is counted.
     assert await counter.count_chat(BODY) == Count(BODY_TOKENS, 131072)
     assert counter.supported is True
