@@ -17,7 +17,9 @@ connection, passed to uvicorn as `http=`) adds:
   valid clients out. Only when every connection has a request in progress does a new
   request get 503, and existing connections carry on.
 
-Errors are the OpenAI envelope. Per request only `data_received` runs: a few attribute
+Errors are the OpenAI envelope with an `x-request-id` like every other answer (the
+client's own, where its head was read, else a new one) and a log line naming it (debug
+for 503s, which come in floods). Per request only `data_received` runs: a few attribute
 checks on uvicorn's own parser state (~0.3 µs); timers are armed only for heads and
 bodies that do not arrive within one read, and the bookkeeping of the bound runs once
 per connection.
@@ -29,13 +31,15 @@ import asyncio
 import logging
 import resource
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from meshgate.protocol.errors import error_body
-from meshgate.server.http import Receive, Scope, Send
+from meshgate.server.http import Receive, Scope, Send, header
+from meshgate.server.logs import client_request_id, new_request_id
 
 log = logging.getLogger("meshgate.edge")
 
@@ -96,13 +100,29 @@ def connection_bound(configured: int) -> int:
     return bound
 
 
-def _raw_error(status: int, reason: str, message: str, type: str, code: str) -> bytes:
-    body = error_body(message, type, code)
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body
+@dataclass(frozen=True, slots=True)
+class RawError:
+    """An error answer written straight to the socket (no ASGI cycle to answer it), built once."""
+
+    status: int
+    head: bytes  # the status line and headers but the request id, each ending in CRLF
+    body: bytes
+
+    @classmethod
+    def of(cls, status: int, reason: str, message: str, type: str, code: str) -> RawError:
+        body = error_body(message, type, code)
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n"
+        )
+        return cls(status, head.encode("ascii"), body)
+
+    def answer(self, headers: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
+        """The bytes to send, with the client's `x-request-id` if its head was read, else a new one."""
+        sent = next((value for name, value in headers if name == b"x-request-id"), None)
+        request_id = client_request_id(sent) or new_request_id()
+        log.info("refused at the edge with %d", self.status, extra={"request_id": request_id})
+        return b"%sx-request-id: %s\r\n\r\n%s" % (self.head, request_id.encode(), self.body)
 
 
 _OVER_CAPACITY_BODY = error_body(
@@ -117,7 +137,11 @@ _OVER_CAPACITY_HEADERS = [
 
 
 async def _over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
-    await send({"type": "http.response.start", "status": 503, "headers": _OVER_CAPACITY_HEADERS})
+    request_id = client_request_id(header(scope, b"x-request-id")) or new_request_id()
+    # debug: at the bound these come in floods, and logging each would cost the most then
+    log.debug("refused at the edge with 503", extra={"request_id": request_id})
+    headers = [*_OVER_CAPACITY_HEADERS, (b"x-request-id", request_id.encode())]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": _OVER_CAPACITY_BODY})
 
 
@@ -130,8 +154,8 @@ class EdgeProtocol(HttpToolsProtocol):
     __slots__ = ("_admitted", "_deadline", "_deadline_is_body", "_head_bytes", "_linger", "_serve")
 
     limits: ClassVar[EdgeLimits]
-    _too_large: ClassVar[bytes]
-    _too_slow: ClassVar[bytes]
+    _too_large: ClassVar[RawError]
+    _too_slow: ClassVar[RawError]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -257,18 +281,18 @@ class EdgeProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None:
             if not cycle.response_started:
-                self.transport.write(self._too_slow)
+                self.transport.write(self._too_slow.answer(self.scope.get("headers", ()) if self.scope else ()))
             # The handler waiting for the body learns it will not come (http.disconnect).
             cycle.disconnected = True
             cycle.message_event.set()
         self.transport.close()
 
-    def _refuse(self, response: bytes) -> None:
+    def _refuse(self, response: RawError) -> None:
         self._disarm()
         if self.cycle is not None and not self.cycle.response_complete:
             self.transport.close()  # never in the middle of another answer (pipelining)
             return
-        self.transport.write(response)
+        self.transport.write(response.answer())  # a head too large was never parsed
         self.transport.write_eof()
         self._linger = _LINGER_BYTES
         self._deadline = self.loop.call_later(_LINGER_SECONDS, self.transport.close)
@@ -279,14 +303,14 @@ def protocol_class(edge_limits: EdgeLimits) -> type[EdgeProtocol]:
 
     class BoundEdgeProtocol(EdgeProtocol):
         limits = edge_limits
-        _too_large = _raw_error(
+        _too_large = RawError.of(
             431,
             "Request Header Fields Too Large",
             f"the request line and headers are larger than the limit of {edge_limits.max_head_bytes} bytes",
             "invalid_request_error",
             "request_header_too_large",
         )
-        _too_slow = _raw_error(
+        _too_slow = RawError.of(
             408,
             "Request Timeout",
             f"the request body did not arrive within {edge_limits.body_timeout:g} seconds",

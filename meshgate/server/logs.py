@@ -34,8 +34,13 @@ class RequestMark:
 
     def header(self) -> bytes:
         if self.request_id is None:
-            self.request_id = f"req-{_ids.getrandbits(96):024x}"
+            self.request_id = new_request_id()
         return self.request_id.encode()
+
+
+def new_request_id() -> str:
+    """An id for an answer no handler named (refusals at the edge, the web app, 404s)."""
+    return f"req-{_ids.getrandbits(96):024x}"
 
 
 CURRENT: ContextVar[RequestMark | None] = ContextVar("meshgate_request", default=None)

@@ -30,13 +30,13 @@ from meshgate.server.admission import Admitter, today
 from meshgate.server.auth import KeyAuthenticator
 from meshgate.server.metrics import Metrics
 from meshgate.server.metrics_share import SharedMetrics
-from meshgate.server.worker_auth import WorkerAuthenticator
+from meshgate.server.worker_auth import WorkerAuthenticator, WorkerRateLimit
 from meshgate.store.engine import sync_engine
 from meshgate.workers.http_client import HttpClient
 from meshgate.workers.membership import Membership
 from meshgate.workers.pool import Replica, ReplicaSet
 from meshgate.workers.prompt_count import PoolCounter, PromptCounter, counter_for
-from meshgate.workers.registry import MemoryRegistry, WorkerRegistry
+from meshgate.workers.registry import MemoryRegistry, WorkerRegistry, heartbeat_seconds
 from meshgate.workers.registry_redis import RedisRegistry
 
 log = logging.getLogger("meshgate.server")
@@ -91,7 +91,8 @@ class Gateway:
         self.models_listing = orjson.dumps({"object": "list", "data": [model_card(s) for s in models]})
         # Workers that register themselves join the routes' pools (workers/membership.py).
         self.worker_tokens = WorkerTokenStore(self.store.engine)
-        self.worker_auth = WorkerAuthenticator(self.worker_tokens)
+        worker_rate = WorkerRateLimit.for_fleet(settings.max_workers_per_token, heartbeat_seconds(settings.worker_ttl))
+        self.worker_auth = WorkerAuthenticator(self.worker_tokens, limit=worker_rate)
         self.workers = Membership(self._worker_registry(), {m: r.replicas for m, r in self.routes.items()})
         self._overrides_version: tuple[int, float] | None = None
         self._background: list[asyncio.Task[None]] = []

@@ -34,16 +34,11 @@ from meshgate.workers.registration import (
     parse_register,
     worker_id,
 )
-from meshgate.workers.registry import Registration, RegistryFull, registration_id
+from meshgate.workers.registry import Registration, RegistryFull, heartbeat_seconds, registration_id
 
 PREFIX = "/internal/workers"
 log = logging.getLogger("meshgate.workers")
 T = TypeVar("T")
-
-
-def heartbeat_seconds(ttl: float) -> float:
-    """A third of the lease: two heartbeats may be lost before a healthy worker drops out."""
-    return round(ttl / 3, 3)
 
 
 async def register(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:

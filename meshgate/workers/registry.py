@@ -20,6 +20,11 @@ from typing import Any, Protocol
 import orjson
 
 
+def heartbeat_seconds(ttl: float) -> float:
+    """A third of the lease: two heartbeats may be lost before a healthy worker drops out."""
+    return round(ttl / 3, 3)
+
+
 @dataclass(frozen=True, slots=True)
 class Load:
     """What a worker saw of its engine at its last heartbeat; None where the engine does not say."""

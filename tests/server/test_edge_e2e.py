@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import socket
 import time
@@ -46,9 +47,17 @@ def connect(live: LiveGateway) -> socket.socket:
 
 
 def request(
-    method: str, path: str, key: str | None = None, body: bytes = b"", length: int | None = None, close: bool = False
+    method: str,
+    path: str,
+    key: str | None = None,
+    body: bytes = b"",
+    length: int | None = None,
+    close: bool = False,
+    request_id: str | None = None,
 ) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
+    if request_id is not None:
+        lines.append(f"X-Request-Id: {request_id}")
     if close:
         lines.append("Connection: close")
     if key is not None:
@@ -116,6 +125,13 @@ def envelope(response: bytes) -> dict[str, object]:
     return error
 
 
+def request_id_of(response: bytes) -> str:
+    head = response.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+    ids = [line.split(":", 1)[1].strip() for line in head if line.lower().startswith("x-request-id:")]
+    assert len(ids) == 1, head
+    return ids[0]
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -164,11 +180,13 @@ def test_blank_lines_between_requests_do_not_keep_a_connection_forever(edge: tup
 def test_short_body_gets_408_and_close(edge: tuple[LiveGateway, str]) -> None:
     live, key = edge
     with connect(live) as sock:
-        sock.sendall(request("POST", "/api/v1/chat/completions", key, b'{"model": ', length=1000))
+        head = request("POST", "/api/v1/chat/completions", key, b'{"model": ', length=1000, request_id="trace-408")
+        sock.sendall(head)
         response, elapsed = until_closed(sock, within=BODY_TIMEOUT + 3)
     assert response.startswith(b"HTTP/1.1 408 "), response
     error = envelope(response)
     assert error["code"] == "request_timeout" and error["type"] == "invalid_request_error"
+    assert request_id_of(response) == "trace-408"  # the client's own, as on every other answer
     assert elapsed < BODY_TIMEOUT + 1.5
 
 
@@ -211,6 +229,7 @@ def test_oversized_head_gets_431_before_it_is_all_read(edge: tuple[LiveGateway, 
     assert response.startswith(b"HTTP/1.1 431 "), response[:200]
     assert envelope(response)["code"] == "request_header_too_large"
     assert sent < 8 * 1024 * 1024  # answered long before the 16 MiB were sent
+    assert re.fullmatch(r"req-[0-9a-f]{24}", request_id_of(response))  # the head was never parsed: a new id
 
 
 def test_bad_keys_do_not_grow_memory(edge: tuple[LiveGateway, str]) -> None:
@@ -246,13 +265,14 @@ def test_beyond_the_bound_new_requests_get_503_and_existing_ones_work(edge: tupl
         deadline = time.monotonic() + 2
         while True:
             with connect(live) as extra:
-                extra.sendall(request("GET", "/health", close=True))
+                extra.sendall(request("GET", "/health", close=True, request_id="trace-503"))
                 response, _ = until_closed(extra, within=5)
             if response.startswith(b"HTTP/1.1 503 "):
                 break
             assert time.monotonic() < deadline, "no 503 beyond the connection bound"
         error = envelope(response)
         assert error["code"] == "server_overloaded" and error["type"] == "server_error"
+        assert request_id_of(response) == "trace-503"
         for sock in busy:
             status, answer = read_response(sock)
             assert status == 200 and orjson.loads(answer)["choices"], answer

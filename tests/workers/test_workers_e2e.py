@@ -12,6 +12,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -375,6 +376,34 @@ def test_refusals_before_any_registration(pool: Pool) -> None:
         time.sleep(0.2)
     listing = pool.gateway.cli("workers", "token", "list").stdout
     assert f"{token_id}\t\t" in listing and "revoked" in listing
+
+
+def test_a_token_that_floods_the_worker_api_gets_429_and_the_fleet_is_untouched(pool: Pool) -> None:
+    flooder = pool.gateway.cli("workers", "token", "create", "--name", "flood").stdout.strip().splitlines()[-1]
+    url = f"http://127.0.0.1:{pool.gateway.port}/internal/workers/heartbeat"
+
+    client = httpx.Client(limits=httpx.Limits(max_connections=8))  # shared: a client per request costs ~30 ms
+
+    def beat(token: str) -> httpx.Response:
+        return client.post(url, json={"id": "wk-unknown"}, headers={"Authorization": f"Bearer {token}"})
+
+    refused: httpx.Response | None = None
+    with client, ThreadPoolExecutor(8) as threads:
+        for _ in range(20):  # the limit is 64/s after a burst of 128 (64 workers a token, a heartbeat every 2 s)
+            answers = list(threads.map(beat, [flooder] * 150))
+            assert {a.status_code for a in answers} <= {404, 429}
+            refused = next((a for a in answers if a.status_code == 429), None)
+            if refused is not None:
+                break
+    assert refused is not None, "3,000 heartbeats of one token were never limited"
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and set(error) == {"message", "type", "param", "code"}
+    assert int(refused.headers["retry-after"]) >= 1
+    assert (
+        httpx.post(url, json={"id": "wk-unknown"}, headers={"Authorization": f"Bearer {pool.token}"}).status_code == 404
+    )
+    # (another token's bucket: the fleet heartbeats on)
+    pool.wait_for({e.port for e in pool.engines}, timeout=5)
 
 
 def test_a_worker_stopped_with_sigterm_deregisters_at_once_and_the_cli_lists_the_pool(pool: Pool) -> None:
