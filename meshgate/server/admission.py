@@ -48,6 +48,8 @@ class Demand:
     max_tokens: int | None = None  # per choice, as the client asked (None: what is left)
     choices: int = 1
     exact: bool = False  # prompt_bound is the exact count
+    # Without max_tokens: at most this many per choice (the web chat's answer length), not all that is left.
+    completion_cap: int | None = None
 
 
 _day_cache: tuple[int, str] = (-1, "")
@@ -175,22 +177,23 @@ class Admitter:
         if exact and (prompt >= context or (max_tokens is not None and prompt + max_tokens > context)):
             raise _too_long(context, prompt, max_tokens)
 
-        minimum, maximum = _span(prompt, max_tokens, n, context)
+        cap = demand.completion_cap
+        minimum, maximum = _span(prompt, max_tokens, n, context, cap)
         grant = await self.ledger.reserve(request_id, key, limit, minimum, maximum, principal.key_id, budget)
         if not exact and count is not None and (grant.reservation is None or grant.amount < maximum):
             # The quota binds: the bound would refuse a request that fits, or shorten its answer.
-            floor_minimum, _ = _span(demand.prompt_floor, max_tokens, n, context)
+            floor_minimum, _ = _span(demand.prompt_floor, max_tokens, n, context, cap)
             if grant.reservation is not None or grant.remaining >= floor_minimum:
                 prompt, exact = await _recount(count, prompt)
                 if grant.reservation is None:
-                    minimum, maximum = _span(prompt, max_tokens, n, context)
+                    minimum, maximum = _span(prompt, max_tokens, n, context, cap)
                     grant = await self.ledger.reserve(
                         request_id, key, limit, minimum, maximum, principal.key_id, budget
                     )
         if grant.reservation is None:
             raise self._quota_error(key, limit, grant.remaining, minimum, grant, principal, budget)
         if max_tokens is None:
-            max_tokens = max(min((grant.amount - prompt) // n, context - prompt), 1)
+            max_tokens = max(min((grant.amount - prompt) // n, context - prompt, cap or context), 1)
         return Admission(grant.reservation, prompt, max_tokens, exact)
 
     async def admit_tokens(
@@ -253,12 +256,12 @@ class Admitter:
         return error
 
 
-def _span(prompt: int, max_tokens: int | None, choices: int, context: int) -> tuple[int, int]:
+def _span(prompt: int, max_tokens: int | None, choices: int, context: int, cap: int | None) -> tuple[int, int]:
     """(minimum, maximum) to reserve for a chat request."""
     if max_tokens is not None:
         amount = min(prompt + choices * max_tokens, choices * context)
         return amount, amount
-    room = max(context - prompt, 1)  # completion room per choice, as far as the gateway knows
+    room = max(min(context - prompt, cap or context), 1)  # completion room per choice, as far as the gateway knows
     return prompt + choices, prompt + choices * room
 
 

@@ -243,8 +243,18 @@ async def _answer(
 ) -> None:
     store = _store(request)
     history = await asyncio.to_thread(store.messages, conversation.id)
-    gw = _gateway(request)
-    await stream_answer(gw, store, user.account_id, conversation, history, receive, send, user_message)
+    state = web_state(request)
+    await stream_answer(
+        state.gateway,
+        store,
+        user.account_id,
+        conversation,
+        history,
+        receive,
+        send,
+        user_message,
+        state.settings.chat_max_tokens,
+    )
 
 
 async def _switch_model(

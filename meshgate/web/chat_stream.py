@@ -183,8 +183,13 @@ async def stream_answer(
     receive: Receive,
     send: Send,
     user_message: ChatMessage | None = None,
+    max_tokens: int = 0,
 ) -> None:
-    """Admit (bucket "chat") and stream one answer to `history`; raises `ApiError` before the stream starts."""
+    """Admit (bucket "chat") and stream one answer to `history`; raises `ApiError` before the stream starts.
+
+    `max_tokens` caps the answer (0: up to what the quota and the context leave); the answer
+    still gets less where less is left, as an API request without `max_tokens` does.
+    """
     route = gw.route_for(conversation.model, "chat")
     body: dict[str, Any] = {
         "model": conversation.model,
@@ -198,7 +203,7 @@ async def stream_answer(
     principal = Principal(account_id, key_id=None)
     request_id = new_request_id("chatcmpl-")
     bound = chat_prompt_bound(body)
-    demand = Demand(bound, prompt_floor(bound, len(body["messages"])), request.max_tokens, 1)
+    demand = Demand(bound, prompt_floor(bound, len(body["messages"])), completion_cap=max_tokens or None)
     count = chat_counter(route, body)
     admission = await gw.admitter.admit_chat(
         request_id, principal, route.spec, BUCKET, demand, count, route.context_length

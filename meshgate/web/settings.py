@@ -19,6 +19,9 @@ class WebSettings:
     login_failures_per_account: int = 5  # per window, then 429 for that account
     login_failures_per_ip: int = 20
     login_window_seconds: float = 900.0
+    # An answer's length at most (0: up to what the quota and the context leave). Without it one
+    # answer reserves the whole quota left, and a second tab's answer is refused meanwhile.
+    chat_max_tokens: int = 4096
 
 
 def load_web_settings(env: dict[str, str] | None = None) -> WebSettings:
@@ -34,4 +37,12 @@ def load_web_settings(env: dict[str, str] | None = None) -> WebSettings:
         login_failures_per_account=int(env.get("MESHGATE_LOGIN_FAILURES_PER_ACCOUNT", "5")),
         login_failures_per_ip=int(env.get("MESHGATE_LOGIN_FAILURES_PER_IP", "20")),
         login_window_seconds=float(env.get("MESHGATE_LOGIN_WINDOW_SECONDS", "900")),
+        chat_max_tokens=_non_negative(env, "MESHGATE_CHAT_MAX_TOKENS", 4096),
     )
+
+
+def _non_negative(env: dict[str, str], name: str, default: int) -> int:
+    value = int(env.get(name, str(default)))
+    if value < 0:
+        raise ValueError(f"{name} must be 0 or more, not {value}")
+    return value

@@ -8,6 +8,7 @@ generated. Conversations are the account's own: another account's id is a 404.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -62,6 +63,8 @@ def test_answer_is_streamed_stored_and_charged_to_chat_exactly(
         {"role": "system", "content": "Answer like a pirate."},
         {"role": "user", "content": "Hello there"},
     ]
+    # MESHGATE_CHAT_MAX_TOKENS (4,096 by default) caps an answer, not the 128,000 the context leaves
+    assert last_body(engine)["max_tokens"] == 4096
     (event,) = wait_events(web_gateway, chat.email, 1)
     prompt = (4 + 4) + (2 + 4)  # the fake counts words + 4 per message
     assert (event.bucket, event.model, event.prompt, event.completion, event.outcome) == (
@@ -299,6 +302,22 @@ def test_exhausted_chat_quota_is_a_429_with_the_reset_time(
     assert refused.error["error"]["type"] == "insufficient_quota"
     assert refused.error["resets_at"] == quota["resets_at"]
     assert [e.outcome for e in usage_events(web_gateway, chat.email)] == ["ok"]  # the refusal cost nothing
+
+
+def test_an_answer_holds_at_most_the_answer_cap_so_two_tabs_answer_at_once(
+    web_gateway: LiveGateway, chat: ChatClient, engine: FakeUpstream
+) -> None:
+    # Room for two capped answers (prompt + 4,096 each), far less than the context's 128,000:
+    # an answer holding all that is left would refuse the second tab while the first streams.
+    web_gateway.cli("quota", "set", "--account", chat.email, "--model", MODEL, "--bucket", "chat", "--tokens", "9000")
+    wait_for(lambda: quota_of(chat, MODEL)["limit"] == 9000, what="the quota override applied")
+    tabs = [chat.create(MODEL), chat.create(MODEL)]
+    steer(engine, delay_ms=150)  # each answer streams for ~1.5 s: they overlap
+    with ThreadPoolExecutor(2) as threads:
+        answers = list(threads.map(lambda c: chat.send(c["id"], "Hi"), tabs))
+    assert [a.status for a in answers] == [200, 200], [a.error for a in answers]
+    assert [e.outcome for e in usage_events(web_gateway, chat.email)] == ["ok", "ok"]
+    assert quota_of(chat, MODEL)["used"] == 2 * (1 + 4 + len(REPLY))
 
 
 def test_bad_input_is_a_clear_error(chat: ChatClient) -> None:
