@@ -56,6 +56,13 @@ def new_email(prefix: str = "user") -> str:
     return f"{prefix}-{os.urandom(4).hex()}@example.com"
 
 
+# A page where writing to the clipboard fails, as on plain http from another host (add_init_script).
+NO_CLIPBOARD = (
+    "Object.defineProperty(navigator, 'clipboard', "
+    "{value: {writeText: () => Promise.reject(new DOMException('not allowed', 'NotAllowedError'))}})"
+)
+
+
 # A reasoning model for the web chat: the engine's reasoning field or inline <think> tags.
 THINKER = "deepseek-ai/DeepSeek-R1"
 

@@ -18,7 +18,7 @@ from playwright.sync_api import Page, expect
 from tests.conftest import FakeUpstream, LiveGateway
 from tests.fakes.upstream import REPLY
 from tests.web.chat_helpers import API_ONLY, MODEL, NO_CHAT_QUOTA, SMALL, last_body, steer, usage_events, wait_events
-from tests.web.conftest import THINKER, LoggedIn, screenshot, wait_for
+from tests.web.conftest import NO_CLIPBOARD, THINKER, LoggedIn, screenshot, wait_for
 
 MARKDOWN_REPLY = (
     "Here is **bold** text and a list:\n\n- one\n- two\n\n"
@@ -115,6 +115,22 @@ def test_an_answer_and_its_code_blocks_can_be_copied(logged_in: LoggedIn, engine
     expect(answer.locator(".actions")).to_contain_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == MARKDOWN_REPLY  # the Markdown as the model wrote it
     expect(page.locator(".message.user .actions")).not_to_contain_text("Copy")
+
+
+def test_without_a_clipboard_copy_selects_the_text(logged_in: LoggedIn, engine: FakeUpstream) -> None:
+    page = logged_in.page
+    page.add_init_script(NO_CLIPBOARD)
+    steer(engine, reply=MARKDOWN_REPLY)
+    open_chat(page)
+    send(page, "Show me a Python greeting")
+    wait_answered(page, 1)
+    code = page.locator(".message.assistant pre")
+    code.get_by_role("button", name="Copy").click()
+    expect(code.locator("button.copy-code")).to_have_text("Selected: press Ctrl+C")
+    fallback = page.locator("textarea.copy-fallback")
+    expect(fallback).to_have_value("def greet(name):\n    return f'Hello, {name}!'\n")
+    assert page.evaluate("document.activeElement.className") == "copy-fallback"  # selected, Ctrl+C copies it
+    expect(code.locator("button.copy-code")).to_have_text("Copy")  # the button reads Copy again
 
 
 def test_stop_cancels_the_engine_and_charges_what_was_generated(

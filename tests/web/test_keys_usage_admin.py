@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.conftest import FakeUpstream, LiveGateway
-from tests.web.conftest import LoggedIn, WebAccount, log_in, new_email, screenshot, sign_up, wait_for
+from tests.web.conftest import NO_CLIPBOARD, LoggedIn, WebAccount, log_in, new_email, screenshot, sign_up, wait_for
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 
@@ -28,6 +28,15 @@ def create_key(page: Page, name: str, models: list[str] | None = None, budget: s
     secret = page.get_by_test_id("new-secret").inner_text().strip()
     assert re.fullmatch(r"mg-[a-z2-9]{10}-[A-Za-z0-9_-]{32}", secret), secret
     return secret
+
+
+def test_without_a_clipboard_the_new_secret_is_selected(logged_in: LoggedIn) -> None:
+    page = logged_in.page
+    page.add_init_script(NO_CLIPBOARD)
+    secret = create_key(page, "plain-http")
+    page.get_by_role("button", name="Copy").click()
+    expect(page.get_by_role("status").filter(has_text="Selected: press Ctrl+C")).to_be_visible()
+    assert page.evaluate("window.getSelection().toString().trim()") == secret
 
 
 def refused(client: openai.OpenAI) -> bool:

@@ -8,6 +8,7 @@
 // code highlighted (highlight.js). While streaming, only the message being streamed is re-rendered,
 // at most once per animation frame; the rest of the conversation is left alone.
 
+import { copyText } from "/static/copy.js";
 import DOMPurify from "/static/vendor/dompurify/purify.es.js";
 import hljs from "/static/vendor/highlight/core.js";
 import bash from "/static/vendor/highlight/languages/bash.js";
@@ -71,26 +72,27 @@ function renderMarkdown(target, text) {
   }
   for (const pre of target.querySelectorAll("pre")) {
     const code = pre.querySelector("code") || pre;
-    pre.prepend(button("Copy", "secondary copy-code", (event) => copyText(code.textContent, event.currentTarget)));
+    pre.prepend(button("Copy", "secondary copy-code", (event) => copyFrom(code.textContent, event.currentTarget)));
   }
   target.dataset.renders = String(Number(target.dataset.renders || 0) + 1);
 }
 
-// The clipboard where the page may write it (https, or this machine); else the text is selected for Ctrl+C.
-async function copyText(text, control) {
-  try {
-    await navigator.clipboard.writeText(text);
-    control.textContent = "Copied";
-  } catch {
-    const area = document.createElement("textarea");
-    area.value = text;
-    area.setAttribute("readonly", "");
-    area.className = "copy-fallback";
-    control.after(area);
-    area.select();
-    control.textContent = "Selected: press Ctrl+C";
-    area.addEventListener("blur", () => area.remove());
-  }
+// The button tells how the copy went, then reads "Copy" again. Without a clipboard the text goes
+// into a selected, read-only box beside the button (its source is Markdown, not what the page shows).
+async function copyFrom(text, control) {
+  await copyText(
+    text,
+    (outcome) => (control.textContent = outcome),
+    () => {
+      const area = document.createElement("textarea");
+      area.value = text;
+      area.setAttribute("readonly", "");
+      area.className = "copy-fallback";
+      control.after(area);
+      area.select();
+      area.addEventListener("blur", () => area.remove());
+    },
+  );
   setTimeout(() => (control.textContent = "Copy"), 2000);
 }
 
@@ -401,7 +403,7 @@ function refreshActions() {
     if (streaming || entry.id == null) continue;
     if (entry.role === "user") entry.actions.append(button("Edit", "secondary", () => startEdit(entry)));
     if (entry.role === "assistant" && entry.content) {
-      entry.actions.append(button("Copy", "secondary", (event) => copyText(entry.content, event.currentTarget)));
+      entry.actions.append(button("Copy", "secondary", (event) => copyFrom(entry.content, event.currentTarget)));
     }
     if (entry === last) entry.actions.append(button("Regenerate", "secondary", regenerate));
   }

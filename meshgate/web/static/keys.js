@@ -1,23 +1,15 @@
 // /keys: the copy button of a new key, and a confirmation before revoking.
-"use strict";
+import { copyText, selectContents } from "/static/copy.js";
 
 for (const button of document.querySelectorAll("button[data-copy]")) {
-  button.addEventListener("click", async () => {
+  button.addEventListener("click", () => {
     const source = document.getElementById(button.dataset.copy);
     const status = document.querySelector(`[data-copied-for="${button.dataset.copy}"]`);
-    const text = source.textContent.trim();
-    try {
-      await navigator.clipboard.writeText(text);
-      status.textContent = "Copied";
-    } catch {
-      // No clipboard (plain http on another host): select the text so Ctrl+C copies it.
-      const range = document.createRange();
-      range.selectNodeContents(source);
-      const selection = window.getSelection();
-      selection.removeAllRanges();
-      selection.addRange(range);
-      status.textContent = "Selected: press Ctrl+C";
-    }
+    copyText(
+      source.textContent.trim(),
+      (outcome) => (status.textContent = outcome),
+      () => selectContents(source),
+    );
   });
 }
 
