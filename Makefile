@@ -12,7 +12,7 @@ VENDOR_STAMP := $(VENDOR)/.built-$(shell cat web/frontend/package-lock.json web/
 # The browser tests (tests/web) drive Debian's Chromium; Playwright's own download is not reachable.
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: all deps serve test lint fuzz bench bench-quick bench-soak bench-local wrk clean services
+.PHONY: all deps serve test lint fuzz bench bench-quick bench-soak bench-local wrk clean services screenshots
 
 all: test
 
@@ -72,6 +72,10 @@ services:
 # (MESHGATE_FUZZ_EXAMPLES per operation and key mode; MESHGATE_FUZZ_SEED for another seed).
 fuzz: deps
 	MESHGATE_FUZZ_EXAMPLES=$${MESHGATE_FUZZ_EXAMPLES:-1000} $(BIN)/pytest -q -s -p no:cacheprovider tests/fuzz
+
+# The README's pictures of the web app, retaken by the browser tests that show each page.
+screenshots: deps $(CHROMIUM) services
+	MESHGATE_UPDATE_SCREENSHOTS=1 $(BIN)/pytest -q -p no:cacheprovider tests/web
 
 # The gateway-overhead benchmark: meshgate vs LiteLLM vs direct in one run (~15 min),
 # a quick meshgate-only run, and the 1,000-stream RSS check with a 10-minute soak.
