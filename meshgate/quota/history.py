@@ -14,7 +14,11 @@ entry), so each event is classified against what the history already holds:
 
 Each event also says what Redis counted for it (`redis_charge`); the difference to what the history
 added is the `correction` the ledger takes back from Redis, so the two always agree.
-Only SQLAlchemy Core, with the dialect's INSERT ... ON CONFLICT, so both databases run the same code.
+
+The three writes of a batch (events, windows, budgets) are one multi-row `INSERT ... ON CONFLICT`
+each, as SQL text in the driver's own placeholders (`BatchSql`): both databases take the same
+statements, and SQLAlchemy's per-row parameter processing, the largest cost of the Redis ledger's
+history writer in the profile, is skipped (`docs/performance.md`). Reads stay SQLAlchemy Core.
 """
 
 from __future__ import annotations
@@ -24,8 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from meshgate.quota.ledger import BudgetKey, WindowKey
 from meshgate.store.tables import key_budget_usage, quota_usage, usage_events
@@ -58,25 +60,59 @@ class Written:
     correction: int  # tokens to take back from Redis (redis_charge - what the history added)
 
 
+_EVENT_COLUMNS = (
+    "request_id",
+    "account_id",
+    "api_key_id",
+    "model",
+    "bucket",
+    "day",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "outcome",
+    "created_at",
+)
+
+
+class BatchSql:
+    """One multi-row INSERT, as text in the driver's placeholders, made once per number of rows."""
+
+    def __init__(self, mark: str, table: str, columns: tuple[str, ...], tail: str) -> None:
+        self.table = table
+        self.columns = columns
+        self._head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+        self._row = "(" + ", ".join([mark] * len(columns)) + ")"
+        self._tail = " " + tail
+        self._made: dict[int, str] = {}
+
+    def __call__(self, rows: int) -> str:
+        sql = self._made.get(rows)
+        if sql is None:
+            sql = self._head + ", ".join([self._row] * rows) + self._tail
+            if len(self._made) < 512:  # batches are at most the ledger's max_batch (500) rows
+                self._made[rows] = sql
+        return sql
+
+
 class UsageHistory:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
-        # Built once: making an upsert's `excluded` alias costs more than executing a small batch
-        # (SQLite, batches of 1 / 8 events: 438 / 553 µs with the statements made per batch, ~155 / 255 µs).
-        self._insert_events = (
-            insert(usage_events)
-            .on_conflict_do_nothing(index_elements=["request_id"])
-            .returning(usage_events.c.request_id)
+        mark = "%s" if engine.dialect.name == "postgresql" else "?"  # psycopg's and sqlite3's own
+        self._insert_events = BatchSql(
+            mark, usage_events.name, _EVENT_COLUMNS, "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
         )
-        windows = insert(quota_usage)
-        self._add_windows = windows.on_conflict_do_update(
-            index_elements=["account_id", "model", "bucket", "day"],
-            set_={"used": quota_usage.c.used + windows.excluded.used},
+        self._add_windows = BatchSql(
+            mark,
+            quota_usage.name,
+            ("account_id", "model", "bucket", "day", "used"),
+            "ON CONFLICT (account_id, model, bucket, day) DO UPDATE SET used = quota_usage.used + excluded.used",
         )
-        budgets = insert(key_budget_usage)
-        self._add_budgets = budgets.on_conflict_do_update(
-            index_elements=["api_key_id", "period"], set_={"used": key_budget_usage.c.used + budgets.excluded.used}
+        self._add_budgets = BatchSql(
+            mark,
+            key_budget_usage.name,
+            ("api_key_id", "period", "used"),
+            "ON CONFLICT (api_key_id, period) DO UPDATE SET used = key_budget_usage.used + excluded.used",
         )
 
     # -- reads (rebuilding Redis)
@@ -127,7 +163,7 @@ class UsageHistory:
     def _write(self, conn: Connection, events: list[UsageEvent]) -> list[Written]:
         # Sorted, so two processes writing overlapping batches lock rows in the same order (no deadlock).
         order = sorted(range(len(events)), key=lambda i: events[i].request_id)
-        inserted = {row[0] for row in conn.execute(self._insert_events, [_row(events[i]) for i in order])}
+        inserted = {row[0] for row in self._insert(conn, self._insert_events, [_row(events[i]) for i in order])}
         added = [e.total_tokens if e.request_id in inserted else 0 for e in events]
         results = [Written(e.total_tokens, e.redis_charge - e.total_tokens) for e in events]
         conflicts = [i for i in order if events[i].request_id not in inserted]
@@ -191,37 +227,31 @@ class UsageHistory:
                 windows[event.window] = windows.get(event.window, 0) + tokens
                 if event.budget is not None:
                     budgets[event.budget] = budgets.get(event.budget, 0) + tokens
+        # Sorted (the keys' order), so concurrent writers lock rows in the same order; one row per key,
+        # as PostgreSQL's ON CONFLICT DO UPDATE wants within one statement.
         if windows:
-            conn.execute(
-                self._add_windows,
-                [
-                    {"account_id": k.account_id, "model": k.model, "bucket": k.bucket, "day": k.day, "used": used}
-                    for k, used in sorted(
-                        windows.items(), key=lambda kv: (kv[0].account_id, kv[0].model, kv[0].bucket, kv[0].day)
-                    )
-                ],
-            )
+            rows = sorted((k.account_id, k.model, k.bucket, k.day, used) for k, used in windows.items())
+            self._insert(conn, self._add_windows, rows)
         if budgets:
-            conn.execute(
-                self._add_budgets,
-                [
-                    {"api_key_id": k.api_key_id, "period": k.period, "used": used}
-                    for k, used in sorted(budgets.items(), key=lambda kv: (kv[0].api_key_id, kv[0].period))
-                ],
-            )
+            self._insert(conn, self._add_budgets, sorted((k.api_key_id, k.period, used) for k, used in budgets.items()))
+
+    def _insert(self, conn: Connection, statement: BatchSql, rows: list[tuple[Any, ...]]) -> Any:
+        """One multi-row INSERT of `rows`; its result holds the RETURNING rows, where there are any."""
+        return conn.exec_driver_sql(statement(len(rows)), tuple(value for row in rows for value in row))
 
 
-def _row(event: UsageEvent) -> dict[str, Any]:
-    return {
-        "request_id": event.request_id,
-        "account_id": event.account_id,
-        "api_key_id": event.api_key_id,
-        "model": event.model,
-        "bucket": event.bucket,
-        "day": event.day,
-        "prompt_tokens": event.prompt_tokens,
-        "completion_tokens": event.completion_tokens,
-        "total_tokens": event.total_tokens,
-        "outcome": event.outcome,
-        "created_at": event.created_at,
-    }
+def _row(event: UsageEvent) -> tuple[Any, ...]:
+    """The event's values in `_EVENT_COLUMNS` order."""
+    return (
+        event.request_id,
+        event.account_id,
+        event.api_key_id,
+        event.model,
+        event.bucket,
+        event.day,
+        event.prompt_tokens,
+        event.completion_tokens,
+        event.total_tokens,
+        event.outcome,
+        event.created_at,
+    )
