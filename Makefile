@@ -12,7 +12,7 @@ VENDOR_STAMP := $(VENDOR)/.built-$(shell cat web/frontend/package-lock.json web/
 # The browser tests (tests/web) drive Debian's Chromium; Playwright's own download is not reachable.
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: all deps serve test lint fuzz bench bench-quick bench-soak bench-local wrk clean services screenshots
+.PHONY: all deps serve test lint fuzz bench bench-quick bench-soak bench-local bench-scaleout bench-history wrk clean services screenshots
 
 all: test
 
@@ -93,6 +93,14 @@ wrk:
 
 bench-local: deps
 	$(BIN)/python bench/local_engines.py
+
+# Scale-out (embedded vs the Redis ledger, 1 and 2 processes; needs redis-server) and the usage
+# history's batch write on its own (our SQL text against SQLAlchemy Core).
+bench-scaleout: deps wrk services
+	$(BIN)/python bench/scaleout.py
+
+bench-history: deps services
+	$(BIN)/python bench/history.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -23,7 +23,7 @@ import asyncio
 import time
 from typing import Any
 
-import orjson
+from tests.fakes import chunks
 
 KEYS = ("reasoning", "tool_calls", "image_tokens", "reject")
 
@@ -82,11 +82,7 @@ class Plan:
 
     def usage(self, completion: int | None = None) -> dict[str, Any]:
         done = self.completion if completion is None else completion
-        usage: dict[str, Any] = {
-            "prompt_tokens": self.prompt,
-            "completion_tokens": done,
-            "total_tokens": self.prompt + done,
-        }
+        usage: dict[str, Any] = chunks.usage(self.prompt, done)
         if self.report_reasoning:
             usage["completion_tokens_details"] = {"reasoning_tokens": min(len(self.reasoning), done)}
         return usage
@@ -181,19 +177,10 @@ async def _stream(engine: Any, request: dict[str, Any], plan: Plan, receive: Any
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
     generated = 0
 
-    async def emit(delta: dict[str, Any], finish: str | None, logprobs: Any = None) -> None:
-        payload: dict[str, Any] = {
-            "id": "chatcmpl-fake",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": request["model"],
-            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
-        }
-        if continuous:
-            payload["usage"] = plan.usage(generated)
-        await send(
-            {"type": "http.response.body", "body": b"data: " + orjson.dumps(payload) + b"\n\n", "more_body": True}
-        )
+    async def emit(content: dict[str, Any], finish: str | None, logprobs: Any = None) -> None:
+        used = plan.usage(generated) if continuous else None
+        event = chunks.chunk(request["model"], [chunks.delta(content, finish, logprobs)], used)
+        await send({"type": "http.response.body", "body": event, "more_body": True})
 
     await emit({"role": "assistant", "content": ""}, None)
     words = iter(plan.reasoning + plan.answer)
@@ -210,15 +197,8 @@ async def _stream(engine: Any, request: dict[str, Any], plan: Plan, receive: Any
         await emit(delta, None, logprobs)
     await emit({}, plan.finish)
     if options.get("include_usage"):
-        final = {
-            "id": "chatcmpl-fake",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": request["model"],
-            "choices": [],
-            "usage": plan.usage(),
-        }
-        await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(final) + b"\n\n", "more_body": True})
+        final = chunks.chunk(request["model"], [], plan.usage())
+        await send({"type": "http.response.body", "body": final, "more_body": True})
     await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
     gone.cancel()
     engine.stats["completed"] += 1

@@ -44,7 +44,7 @@ from typing import Any
 import orjson
 import uvicorn
 
-from tests.fakes import features
+from tests.fakes import chunks, features
 
 REPLY = [
     "This",
@@ -272,21 +272,9 @@ class FakeEngine:
         gone = asyncio.ensure_future(receive())  # http.disconnect when the client hangs up
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
 
-        def chunk(delta: dict[str, Any], finish: str | None, generated: int) -> bytes:
-            payload: dict[str, Any] = {
-                "id": "chatcmpl-fake",
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": request["model"],
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-            }
-            if continuous:
-                payload["usage"] = {
-                    "prompt_tokens": prompt,
-                    "completion_tokens": generated,
-                    "total_tokens": prompt + generated,
-                }
-            return b"data: " + encode(payload) + b"\n\n"
+        def chunk(content: dict[str, Any], finish: str | None, generated: int) -> bytes:
+            used = chunks.usage(prompt, generated) if continuous else None
+            return chunks.chunk(request["model"], [chunks.delta(content, finish)], used, encode)
 
         events = [chunk({"role": "assistant", "content": ""}, None, 0)]
         await send({"type": "http.response.body", "body": events[0], "more_body": True})
@@ -322,18 +310,8 @@ class FakeEngine:
         finish = "length" if len(tokens) < len(self._reply(mock)) else "stop"
         await send({"type": "http.response.body", "body": chunk({}, finish, len(tokens)), "more_body": True})
         if options.get("include_usage") and not mock.get("no_usage"):
-            usage = {"prompt_tokens": prompt, "completion_tokens": len(tokens), "total_tokens": prompt + len(tokens)}
-            final = {
-                "id": "chatcmpl-fake",
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": request["model"],
-                "choices": [],
-                "usage": usage,
-            }
-            await send(
-                {"type": "http.response.body", "body": b"data: " + orjson.dumps(final) + b"\n\n", "more_body": True}
-            )
+            final = chunks.chunk(request["model"], [], chunks.usage(prompt, len(tokens)))
+            await send({"type": "http.response.body", "body": final, "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
         gone.cancel()
         self.stats["completed"] += 1

@@ -129,7 +129,7 @@ def test_plain_request_whose_client_leaves_is_cancelled_and_charged_the_prompt(
         )
     left = time.monotonic()
     wait_for(lambda: fake_upstream.stats()["cancelled"] == cancelled + 1, what="the engine to see the cancel")
-    assert time.monotonic() - left < 3.0  # the engine would answer after ~5 s
+    assert time.monotonic() - left < 1.0  # the bound: cancelled upstream within a second
     wait_for(lambda: history(live, name), what="the settlement")
     assert history(live, name) == [(HI_TOKENS, 0, "client_disconnect")]  # the prompt by the engine's count
     window = live.window(key, LLAMA)
