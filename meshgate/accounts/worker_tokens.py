@@ -10,8 +10,6 @@ catalog models.
 from __future__ import annotations
 
 import json
-import re
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,33 +17,15 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, insert, select, update
 
-from meshgate.accounts.keys import hash_key
+from meshgate.accounts.keys import SecretShape
 from meshgate.accounts.service import AccountError
 from meshgate.store.tables import worker_tokens
 
-TOKEN_PREFIX = "mgw-"
-_ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
-_ID_LENGTH = 10
-_SECRET_BYTES = 24
-TOKEN_LENGTH = len(TOKEN_PREFIX) + _ID_LENGTH + 1 + _SECRET_BYTES * 4 // 3
-_TOKEN_SHAPE = re.compile(
-    rf"{TOKEN_PREFIX}([{_ID_ALPHABET}]{{{_ID_LENGTH}}})-[A-Za-z0-9_-]{{{_SECRET_BYTES * 4 // 3}}}"
-)
-
-
-def new_token() -> tuple[str, str, str]:
-    """A fresh token: (token id, the whole token to show once, the hash to store)."""
-    token_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
-    secret = f"{TOKEN_PREFIX}{token_id}-{secrets.token_urlsafe(_SECRET_BYTES)}"
-    return token_id, secret, hash_key(secret)
-
-
-def token_id_of(secret: str) -> str | None:
-    """The id of a presented worker token, or None if it is not shaped exactly like one."""
-    if len(secret) != TOKEN_LENGTH:
-        return None
-    match = _TOKEN_SHAPE.fullmatch(secret)
-    return match.group(1) if match else None
+WORKER_TOKENS = SecretShape("mgw-")
+TOKEN_PREFIX = WORKER_TOKENS.prefix
+TOKEN_LENGTH = WORKER_TOKENS.length
+new_token = WORKER_TOKENS.new  # (token id, the whole token to show once, the hash to store)
+token_id_of = WORKER_TOKENS.id_of
 
 
 def looks_like_worker_token(secret: str) -> bool:
