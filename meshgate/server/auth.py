@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
@@ -93,6 +94,22 @@ class RecentlyUnknown:
         until.move_to_end(key_id)
 
 
+def bearer_secret(scope: Scope, max_bytes: int, refuse: Callable[..., ApiError], missing: str, not_bearer: str) -> str:
+    """The credential of `Authorization: Bearer …`, or `refuse(missing)` / `refuse(not_bearer)` / `refuse()`.
+
+    A header longer than `max_bytes` (no credential of ours is) is refused before any other work.
+    """
+    raw = header(scope, b"authorization")
+    if raw is None:
+        raise refuse(missing)
+    if len(raw) > max_bytes:
+        raise refuse()
+    scheme, _, token = raw.partition(b" ")
+    if scheme.lower() != b"bearer" or not token:
+        raise refuse(not_bearer)
+    return token.strip().decode("latin-1")
+
+
 def _changes(engine: Engine, revoked_since: float) -> tuple[list[str], list[int]]:
     """Keys revoked since then, and the ids of disabled accounts: each read through an index."""
     with engine.connect() as conn:
@@ -111,19 +128,13 @@ class KeyAuthenticator:
         self._revoked_checked_at = time.time()
 
     async def authenticate(self, scope: Scope) -> Principal:
-        raw = header(scope, b"authorization")
-        if raw is None:
-            raise ApiError(
-                401,
-                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
-                code="invalid_api_key",
-            )
-        if len(raw) > _MAX_AUTHORIZATION:  # no key of ours is this long: refuse before any work
-            raise invalid_api_key()
-        scheme, _, token = raw.partition(b" ")
-        if scheme.lower() != b"bearer" or not token:
-            raise invalid_api_key("The Authorization header must be 'Bearer YOUR_KEY'.")
-        secret = token.strip().decode("latin-1")
+        secret = bearer_secret(
+            scope,
+            _MAX_AUTHORIZATION,
+            invalid_api_key,
+            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
+            "The Authorization header must be 'Bearer YOUR_KEY'.",
+        )
         key_id = key_id_of(secret)
         if key_id is None:
             if secret.startswith(WORKER_TOKEN_PREFIX):

@@ -20,8 +20,8 @@ from typing import Any
 from meshgate.accounts.keys import key_id_of, matches
 from meshgate.accounts.worker_tokens import TOKEN_LENGTH, WorkerToken, WorkerTokenStore, token_id_of
 from meshgate.protocol.errors import ApiError
-from meshgate.server.auth import RecentlyUnknown
-from meshgate.server.http import Scope, header
+from meshgate.server.auth import RecentlyUnknown, bearer_secret
+from meshgate.server.http import Scope
 
 _MAX_AUTHORIZATION = len(b"Bearer ") + TOKEN_LENGTH + 8
 _MAX_TOKENS = 10_000
@@ -117,12 +117,10 @@ class WorkerAuthenticator:
 
 def bearer(scope: Scope) -> str:
     """The presented credential, or 401 if there is none of a plausible size."""
-    raw = header(scope, b"authorization")
-    if raw is None:
-        raise invalid_worker_token("You didn't provide a worker token. " + NEEDS_WORKER_TOKEN)
-    if len(raw) > _MAX_AUTHORIZATION:
-        raise invalid_worker_token()
-    scheme, _, token = raw.partition(b" ")
-    if scheme.lower() != b"bearer" or not token:
-        raise invalid_worker_token("The Authorization header must be 'Bearer TOKEN'.")
-    return token.strip().decode("latin-1")
+    return bearer_secret(
+        scope,
+        _MAX_AUTHORIZATION,
+        invalid_worker_token,
+        "You didn't provide a worker token. " + NEEDS_WORKER_TOKEN,
+        "The Authorization header must be 'Bearer TOKEN'.",
+    )
