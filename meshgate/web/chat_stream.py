@@ -22,7 +22,7 @@ import orjson
 
 from meshgate.catalog.tokens import chat_prompt_bound, prompt_floor
 from meshgate.protocol.requests import parse_chat
-from meshgate.protocol.sse import DONE
+from meshgate.protocol.sse import DONE, EventSplitter, EventTooLarge, data_of
 from meshgate.server.admission import Demand
 from meshgate.server.auth import Principal
 from meshgate.server.context import RequestContext, StreamOptions
@@ -70,7 +70,9 @@ class AnswerRecorder:
         self._account_id = account_id
         self._send = send
         self._user_message = user_message
-        self._pending = b""  # an event split across two sends (serve sends whole events; be safe anyway)
+        # serve sends whole events; the splitter keeps one cut across two sends anyway. Its bound is
+        # the engine's (an event the relay passed) with room for what the relay adds to an event.
+        self._events = EventSplitter(4 * gw.settings.max_event_bytes)
         self.pieces: list[str] = []
         self.reasoning: list[str] = []  # a reasoning model's thinking, as the shaper split it out
         self.finish_reason: str | None = None
@@ -108,12 +110,16 @@ class AnswerRecorder:
         await self._send({"type": "http.response.body", "body": body + meta_event(done), "more_body": False})
 
     def _absorb(self, body: bytes) -> None:
-        data = self._pending + body
-        *events, self._pending = data.split(b"\n\n")
+        try:
+            events = self._events.feed(body)
+        except EventTooLarge:  # cannot come from serve; the browser still gets every byte
+            log.warning("an event of the chat stream is too large to record; its text is not stored")
+            self._events.rest()
+            return
         for raw in events:
-            for line in raw.split(b"\n"):
-                if line.startswith(b"data:"):
-                    self._absorb_payload(line[5:].strip())
+            payload = data_of(raw)
+            if payload is not None:
+                self._absorb_payload(payload)
 
     def _absorb_payload(self, payload: bytes) -> None:
         if payload == DONE:
