@@ -7,18 +7,15 @@ web chat) is unavailable, with the reason; a used-up quota names its reset time.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from meshgate.catalog.spec import ModelSpec
 from meshgate.server.admission import today
 from meshgate.server.state import Gateway
+from meshgate.web.format import iso
+from meshgate.web.usage_data import resets_at as reset_epoch
 
 BUCKET = "chat"
-
-
-def iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def chat_models(gw: Gateway) -> list[ModelSpec]:
@@ -26,7 +23,8 @@ def chat_models(gw: Gateway) -> list[ModelSpec]:
 
 
 def resets_at(gw: Gateway) -> str:
-    return iso(gw.admitter.reset_epoch(today()))
+    """When today's chat quotas reset, as the page shows it (ISO 8601, UTC)."""
+    return iso(reset_epoch(gw))
 
 
 async def chat_quota(gw: Gateway, account_id: int, spec: ModelSpec) -> dict[str, Any]:
